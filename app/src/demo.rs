@@ -1,0 +1,146 @@
+//! The bundled demo: synthetic studies Lucent generates itself (no binary blobs in git), with
+//! invented Korean and English patients, imported into a demo store of their own.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{Context, Result};
+use pacs::store::Store;
+use pacs::synth::{self, CtSeriesSpec, Nodule, NoduleKind, PatientSpec, RadiographSpec};
+
+/// Bumped whenever the generated demo changes, so old demo stores are rebuilt.
+pub const DEMO_VERSION: &str = "1";
+
+fn patient(
+    name: &str,
+    id: &str,
+    sex: &str,
+    birth: &str,
+    study_seed: &str,
+    date: &str,
+    description: &str,
+) -> PatientSpec {
+    PatientSpec {
+        sex: sex.into(),
+        birth_date: birth.into(),
+        study_date: date.into(),
+        study_description: description.into(),
+        ..PatientSpec::new(name, id, study_seed)
+    }
+}
+
+fn cxr(seed: &str, p: PatientSpec, lesions: Vec<[f64; 4]>, monochrome1: bool) -> RadiographSpec {
+    RadiographSpec {
+        patient: p,
+        lesions,
+        monochrome1,
+        description: "Chest PA".into(),
+        ..RadiographSpec::chest(seed, 1024)
+    }
+}
+
+/// Writes the demo DICOM files under `dir` and returns them.
+pub fn write_demo_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    let radiographs = [
+        cxr(
+            "demo-cxr-normal",
+            patient(
+                "KIM^MINJUN=김^민준",
+                "DEMO-001",
+                "M",
+                "19580312",
+                "demo-cxr-normal",
+                "20260310",
+                "CXR PA (normal)",
+            ),
+            vec![],
+            false,
+        ),
+        cxr(
+            "demo-cxr-nodule",
+            patient("LEE^SEOYEON=이^서연", "DEMO-002", "F", "19640721", "demo-cxr-nodule", "20260311", "CXR PA"),
+            vec![[0.33, 0.42, 0.025, 0.18]],
+            true,
+        ),
+        cxr(
+            "demo-cxr-nodule-prior",
+            patient(
+                "LEE^SEOYEON=이^서연",
+                "DEMO-002",
+                "F",
+                "19640721",
+                "demo-cxr-nodule-prior",
+                "20250305",
+                "CXR PA (prior)",
+            ),
+            vec![[0.33, 0.42, 0.018, 0.14]],
+            true,
+        ),
+        cxr(
+            "demo-cxr-effusion",
+            patient("SMITH^JOHN", "DEMO-003", "M", "19511102", "demo-cxr-effusion", "20260312", "CXR PA"),
+            vec![[0.70, 0.80, 0.12, 0.35], [0.28, 0.60, 0.07, 0.2]],
+            false,
+        ),
+        cxr(
+            "demo-cxr-pneumothorax",
+            patient("PARK^JIHO=박^지호", "DEMO-004", "M", "19890430", "demo-cxr-pneumothorax", "20260313", "CXR PA"),
+            vec![[0.74, 0.32, 0.06, -0.22]],
+            false,
+        ),
+    ];
+    for spec in &radiographs {
+        let path = dir.join(&spec.seed).join("CR0001.dcm");
+        synth::write_radiograph(&path, spec).with_context(|| format!("writing demo radiograph {}", spec.seed))?;
+        files.push(path);
+    }
+
+    let mut ct1 = CtSeriesSpec::chest("demo-ldct-1", 120, 512);
+    ct1.patient =
+        patient("CHOI^YUNA=최^유나", "DEMO-005", "F", "19620915", "demo-ldct-1", "20260314", "LDCT lung screening");
+    ct1.description = "LDCT 2.5mm".into();
+    ct1.noise_hu = 25.0;
+    ct1.nodules = vec![
+        Nodule { center_mm: [70.0, -20.0, -140.0], diameter_mm: 9.0, kind: NoduleKind::Solid },
+        Nodule { center_mm: [-80.0, 10.0, -90.0], diameter_mm: 14.0, kind: NoduleKind::GroundGlass },
+    ];
+    let mut ct2 = CtSeriesSpec::chest("demo-ldct-2", 120, 512);
+    ct2.patient = patient("JONES^MARY", "DEMO-006", "F", "19550128", "demo-ldct-2", "20260315", "LDCT lung screening");
+    ct2.description = "LDCT 2.5mm".into();
+    ct2.noise_hu = 25.0;
+    ct2.nodules = vec![Nodule { center_mm: [-65.0, -30.0, -160.0], diameter_mm: 12.0, kind: NoduleKind::PartSolid }];
+    for spec in [&ct1, &ct2] {
+        files.extend(
+            synth::write_ct_series(&dir.join(&spec.seed), spec)
+                .with_context(|| format!("writing demo CT {}", spec.seed))?,
+        );
+    }
+    Ok(files)
+}
+
+/// Makes sure the demo store exists and is current; returns its directory.
+pub fn ensure_demo_store(store_dir: &Path, progress: &(dyn Fn(&str) + Sync)) -> Result<PathBuf> {
+    let marker = store_dir.join("demo-version");
+    if std::fs::read_to_string(&marker).is_ok_and(|v| v.trim() == DEMO_VERSION) {
+        return Ok(store_dir.to_path_buf());
+    }
+    if store_dir.exists() {
+        std::fs::remove_dir_all(store_dir)
+            .with_context(|| format!("removing old demo store {}", store_dir.display()))?;
+    }
+    progress("generating demo studies");
+    let source = store_dir.with_extension("source");
+    if source.exists() {
+        std::fs::remove_dir_all(&source).ok();
+    }
+    let files = write_demo_files(&source)?;
+    progress("importing demo studies");
+    let mut store = Store::open(store_dir)?;
+    let cancel = AtomicBool::new(false);
+    let summary = pacs::import::import_paths(&mut store, &files, &Default::default(), &|_| {}, &cancel)?;
+    anyhow::ensure!(summary.skipped.is_empty(), "demo import skipped {} file(s)", summary.skipped.len());
+    std::fs::remove_dir_all(&source).ok();
+    std::fs::write(&marker, DEMO_VERSION).with_context(|| format!("writing {}", marker.display()))?;
+    Ok(store_dir.to_path_buf())
+}

@@ -1,0 +1,88 @@
+//! The one error type of the `pacs` crate.
+//!
+//! Messages name the problem and the file, never patient data: no names, IDs or
+//! dates from a header ever go into an error.
+
+use std::path::PathBuf;
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong while reading, decoding, storing or exchanging DICOM data.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The file system refused a read or write.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The bytes are not a DICOM Part 10 file (or not one we can parse).
+    #[error("not a readable DICOM file: {reason}")]
+    NotDicom { reason: String },
+
+    /// A required attribute is absent.
+    #[error("missing required attribute {name}")]
+    MissingAttribute { name: &'static str },
+
+    /// An attribute is present but its value cannot be used.
+    #[error("invalid {name}: {reason}")]
+    InvalidAttribute { name: &'static str, reason: String },
+
+    /// The object has no Pixel Data (e.g. a structured report or a DICOMDIR).
+    #[error("the object has no pixel data (SOP class {sop_class})")]
+    NoPixelData { sop_class: String },
+
+    /// The transfer syntax is unknown or has no decoder here.
+    #[error("unsupported transfer syntax {uid} ({name})")]
+    UnsupportedTransferSyntax { uid: String, name: String },
+
+    /// A codec failed on the compressed bitstream.
+    #[error("cannot decode {codec} pixel data: {detail}")]
+    Decode { codec: String, detail: String },
+
+    /// The pixel data is shorter than rows x columns x samples x frames says.
+    #[error("pixel data too short: expected {expected} bytes, found {actual}")]
+    PixelDataLength { expected: usize, actual: usize },
+
+    /// A frame index past the end.
+    #[error("frame {frame} out of range (the object has {frames} frames)")]
+    FrameOutOfRange { frame: u32, frames: u32 },
+
+    /// A series cannot be turned into a volume.
+    #[error("cannot build a volume: {reason}")]
+    Volume { reason: String },
+
+    /// Writing a DICOM object failed.
+    #[error("cannot write DICOM: {detail}")]
+    Write { detail: String },
+
+    /// The local store's index failed.
+    #[error("study store index error: {0}")]
+    Index(#[from] rusqlite::Error),
+
+    /// A ZIP archive could not be read.
+    #[error("cannot read ZIP archive {path}: {detail}")]
+    Zip { path: PathBuf, detail: String },
+
+    /// The operation was cancelled by the user.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io { path: path.into(), source }
+    }
+
+    pub(crate) fn invalid(name: &'static str, reason: impl Into<String>) -> Self {
+        Self::InvalidAttribute { name, reason: reason.into() }
+    }
+
+    pub(crate) fn decode(codec: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self::Decode { codec: codec.into(), detail: detail.into() }
+    }
+}

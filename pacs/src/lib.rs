@@ -1,0 +1,36 @@
+//! # lucent-pacs
+//!
+//! Everything Lucent knows about DICOM data, and nothing about screens or models:
+//!
+//! * [`file`]: open Part 10 files whole, header-only or from bytes.
+//! * [`decode`]: Pixel Data of every common transfer syntax to native samples, one frame at a time
+//!   (native little/big endian, deflate, RLE, JPEG baseline / 12-bit extended / lossless through
+//!   libjpeg-turbo, JPEG-LS through CharLS, JPEG 2000 through OpenJPEG's Rust port).
+//! * [`pixels`]: the one pixel pipeline: modality LUT, VOI (windows and LUTs, LINEAR /
+//!   LINEAR_EXACT / SIGMOID), MONOCHROME1 and Presentation LUT Shape, padding, palette colour.
+//! * [`volume`]: series to volumes sorted by geometry, with `patient_from_voxel` and warnings.
+//! * [`store`]: the crash-safe local study store (SQLite index + files) and its query API.
+//! * [`import`]: parallel import of files, folders, DICOMDIR and ZIP into the store.
+//! * [`synth`]: synthetic series with known geometry, for tests and the demo.
+//!
+//! This crate must not depend on egui, wgpu, winit, rfd or ort (CI checks it).
+//! Errors never carry patient data.
+
+pub mod attrs;
+pub mod decode;
+mod error;
+pub mod file;
+pub mod import;
+mod jpeg;
+pub mod pixels;
+mod rle;
+pub mod store;
+pub mod synth;
+pub mod volume;
+
+pub use attrs::{InstanceInfo, PlaneSpacing, SpacingSource, transfer_syntax_name};
+pub use decode::{Frame, Photometric, Samples};
+pub use error::{Error, Result};
+pub use file::DecodedImage;
+pub use pixels::{PixelTransform, Voi, VoiFunction, Window};
+pub use volume::{StackPlan, Volume, VolumeWarning, VoxelData};

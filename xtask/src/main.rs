@@ -1,0 +1,293 @@
+//! `cargo xtask <task>`: everything a fresh machine needs, in Rust, with no shell scripts.
+//!
+//! * `setup`: system packages (apt), the ONNX Runtime library from the PyPI wheel, and the
+//!   public DICOM test corpora (pydicom-data, pydicom's test files) cached under `target/`.
+//! * `demo`: set up, build, and open the workstation on the demo studies (under Xvfb with a
+//!   screenshot when there is no display).
+//! * `test`: set up, then formatting, clippy, the crate-boundary check, and every test.
+//! * `check-deps`: the crate-boundary rules (leaves never know each other).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail, ensure};
+
+/// System packages the project needs (build, GPU-less rendering, X for the real window, PACS peers).
+const APT_PACKAGES: &[&str] = &[
+    "cmake",
+    "nasm",
+    "mesa-vulkan-drivers",
+    "libvulkan1",
+    "xvfb",
+    "xauth",
+    "imagemagick",
+    "libxkbcommon-x11-0",
+    "libxcursor1",
+    "libxrandr2",
+    "libxi6",
+    "libx11-xcb1",
+];
+
+const ORT_VERSION: &str = "1.31.1";
+const PYDICOM_DATA_VERSION: &str = "1.0.0";
+const PYDICOM_VERSION: &str = "3.0.2";
+
+fn main() -> Result<()> {
+    let task = std::env::args().nth(1).unwrap_or_default();
+    let root = workspace_root()?;
+    match task.as_str() {
+        "setup" => setup(&root),
+        "demo" => demo(&root),
+        "test" => test(&root),
+        "check-deps" => check_deps(&root),
+        _ => {
+            eprintln!("usage: cargo xtask <setup|demo|test|check-deps>");
+            bail!("unknown task {task:?}")
+        }
+    }
+}
+
+fn workspace_root() -> Result<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    Ok(dir.parent().context("xtask has no parent directory")?.to_path_buf())
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("$ {cmd:?}");
+    let status = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;
+    ensure!(status.success(), "{cmd:?} failed with {status}");
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("cannot start {cmd:?}"))?;
+    ensure!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn data_dir(root: &Path) -> PathBuf {
+    root.join("target/lucent-data")
+}
+
+/// The user's Lucent data folder (same rule as the app).
+fn user_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("lucent");
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".local/share/lucent"),
+        None => PathBuf::from(".lucent"),
+    }
+}
+
+fn setup(root: &Path) -> Result<()> {
+    apt_install()?;
+    provision_onnxruntime(root)?;
+    provision_test_corpora(root)?;
+    Ok(())
+}
+
+fn apt_install() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let is_root = output(Command::new("id").arg("-u")).is_ok_and(|u| u.trim() == "0");
+    if !is_root {
+        bail!("missing system packages; run: sudo apt-get install -y {}", missing.join(" "));
+    }
+    run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn pip_download(spec: &str, dest: &Path, binary_only: bool) -> Result<PathBuf> {
+    std::fs::create_dir_all(dest)?;
+    let name = spec.split("==").next().unwrap_or(spec).replace('-', "_");
+    let find = || -> Option<PathBuf> {
+        let version = spec.split("==").nth(1)?;
+        std::fs::read_dir(dest).ok()?.flatten().map(|e| e.path()).find(|p| {
+            p.file_name().is_some_and(|n| {
+                let n = n.to_string_lossy().to_lowercase();
+                n.starts_with(&format!("{}-{version}-", name.to_lowercase())) && n.ends_with(".whl")
+            })
+        })
+    };
+    if let Some(found) = find() {
+        return Ok(found);
+    }
+    let mut cmd = Command::new("python3");
+    cmd.args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", "-d"]).arg(dest).arg(spec);
+    if binary_only {
+        cmd.args(["--only-binary=:all:"]);
+    }
+    run(&mut cmd)?;
+    find().with_context(|| format!("pip downloaded no wheel for {spec}"))
+}
+
+/// Extracts the entries of `wheel` under `prefix` into `dest` (flattened when `flatten`).
+fn extract(wheel: &Path, prefix: &str, dest: &Path, flatten: bool) -> Result<usize> {
+    let file = std::fs::File::open(wheel)?;
+    let mut zip = zip::ZipArchive::new(file)?;
+    let mut count = 0;
+    for i in 0..zip.len() {
+        let mut entry = zip.by_index(i)?;
+        let name = entry.name().to_owned();
+        let Some(mut rel) = name.strip_prefix(prefix) else { continue };
+        if rel.is_empty() {
+            // The prefix names one file exactly.
+            rel = name.rsplit('/').next().unwrap_or(&name);
+        }
+        if name.ends_with('/') || rel.split('/').any(|c| c == "..") {
+            continue;
+        }
+        let out = if flatten { dest.join(rel.rsplit('/').next().unwrap_or(rel)) } else { dest.join(rel) };
+        if let Some(parent) = out.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let mut f = std::fs::File::create(&out)?;
+        std::io::copy(&mut entry, &mut f)?;
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// ONNX Runtime for ort's `load-dynamic`: the shared library from the PyPI wheel, placed in the
+/// user's Lucent data folder where the app looks for it.
+fn provision_onnxruntime(root: &Path) -> Result<()> {
+    let lib_name = format!("libonnxruntime.so.{ORT_VERSION}");
+    let dest_dir = user_data_dir().join("onnxruntime");
+    if dest_dir.join(&lib_name).is_file() {
+        return Ok(());
+    }
+    let wheel = pip_download(&format!("onnxruntime=={ORT_VERSION}"), &data_dir(root).join("wheels"), true)?;
+    let n = extract(&wheel, &format!("onnxruntime/capi/{lib_name}"), &dest_dir, true)?;
+    ensure!(n == 1, "{lib_name} not found in {}", wheel.display());
+    eprintln!("ONNX Runtime {ORT_VERSION} installed at {}", dest_dir.join(&lib_name).display());
+    Ok(())
+}
+
+/// pydicom-data (MIT) and pydicom's own test files, for the conformance tests. Not vendored.
+fn provision_test_corpora(root: &Path) -> Result<()> {
+    let data = data_dir(root);
+    let corpus = data.join("pydicom-data");
+    if !corpus.join(".complete").is_file() {
+        let wheel = pip_download(&format!("pydicom-data=={PYDICOM_DATA_VERSION}"), &data.join("wheels"), false)?;
+        let n = extract(&wheel, "data_store/data/", &corpus, true)?;
+        ensure!(n > 50, "pydicom-data wheel held only {n} files");
+        std::fs::write(corpus.join(".complete"), PYDICOM_DATA_VERSION)?;
+    }
+    let tests = data.join("pydicom-test-files");
+    if !tests.join(".complete").is_file() {
+        let wheel = pip_download(&format!("pydicom=={PYDICOM_VERSION}"), &data.join("wheels"), false)?;
+        let n = extract(&wheel, "pydicom/data/test_files/", &tests, false)?;
+        ensure!(n > 100, "pydicom wheel held only {n} test files");
+        std::fs::write(tests.join(".complete"), PYDICOM_VERSION)?;
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn test(root: &Path) -> Result<()> {
+    setup(root)?;
+    run(cargo().current_dir(root).args(["fmt", "--all", "--check"]))?;
+    check_deps(root)?;
+    run(cargo().current_dir(root).args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    let runtime = std::env::temp_dir().join("lucent-xdg-runtime");
+    std::fs::create_dir_all(&runtime)?;
+    run(cargo()
+        .current_dir(root)
+        .args(["test", "--workspace", "--no-fail-fast"])
+        .env("LUCENT_TEST_DATA", data_dir(root))
+        .env("LUCENT_REQUIRE_TEST_DATA", "1")
+        .env("XDG_RUNTIME_DIR", runtime))
+}
+
+fn demo(root: &Path) -> Result<()> {
+    setup(root)?;
+    run(cargo().current_dir(root).args(["build", "--release", "-p", "lucent"]))?;
+    let exe = root.join("target/release/lucent");
+    let has_display = ["DISPLAY", "WAYLAND_DISPLAY"].iter().any(|v| std::env::var_os(v).is_some_and(|d| !d.is_empty()));
+    if has_display {
+        return run(Command::new(&exe).arg("--demo"));
+    }
+    // No display (a headless server): run the real window under Xvfb and take a screenshot.
+    let shot = root.join("target/lucent-demo.png");
+    eprintln!("No display: opening the workstation under Xvfb; a screenshot will be written to {}", shot.display());
+    run(Command::new(&exe).arg("demo"))?;
+    run(Command::new("xvfb-run")
+        .args(["-a", "-s", "-screen 0 1600x1000x24", "sh", "-c"])
+        .arg("\"$0\" --demo & app=$!; sleep \"${LUCENT_DEMO_SECONDS:-20}\"; import -window root \"$1\"; kill $app; wait $app 2>/dev/null; true")
+        .arg(&exe)
+        .arg(&shot))?;
+    ensure!(shot.is_file(), "no screenshot was written");
+    eprintln!("Screenshot: {}", shot.display());
+    Ok(())
+}
+
+/// Leaves never know each other: fails if a forbidden crate appears in a leaf's dependency tree.
+fn check_deps(root: &Path) -> Result<()> {
+    let rules: &[(&str, &[&str])] = &[
+        (
+            "lucent-pacs",
+            &["egui", "eframe", "egui-wgpu", "wgpu", "winit", "rfd", "ort", "lucent-render", "lucent-inference"],
+        ),
+        (
+            "lucent-inference",
+            &[
+                "egui",
+                "eframe",
+                "egui-wgpu",
+                "wgpu",
+                "winit",
+                "rfd",
+                "dicom-ul",
+                "dicom-object",
+                "lucent-pacs",
+                "lucent-render",
+            ],
+        ),
+        (
+            "lucent-render",
+            &["dicom-core", "dicom-object", "dicom-pixeldata", "dicom-ul", "ort", "lucent-pacs", "lucent-inference"],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (package, forbidden) in rules {
+        let tree = output(cargo().current_dir(root).args([
+            "tree",
+            "-p",
+            package,
+            "-e",
+            "normal,build",
+            "--prefix",
+            "none",
+            "--format",
+            "{p}",
+        ]))?;
+        let names: std::collections::BTreeSet<&str> =
+            tree.lines().filter_map(|l| l.split_whitespace().next()).collect();
+        for f in *forbidden {
+            if names.contains(f) {
+                failures.push(format!("{package} depends on {f}"));
+            }
+        }
+    }
+    ensure!(failures.is_empty(), "crate boundary violations:\n  {}", failures.join("\n  "));
+    eprintln!("crate boundaries: ok");
+    Ok(())
+}
