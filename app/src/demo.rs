@@ -9,7 +9,7 @@ use pacs::store::Store;
 use pacs::synth::{self, CtSeriesSpec, Nodule, NoduleKind, PatientSpec, RadiographSpec};
 
 /// Bumped whenever the generated demo changes, so old demo stores are rebuilt.
-pub const DEMO_VERSION: &str = "1";
+pub const DEMO_VERSION: &str = "2";
 
 fn patient(
     name: &str,

@@ -119,6 +119,8 @@ pub struct InstanceInfo {
     /// ImagerPixelSpacing (row, column) in mm, at the detector (not calibrated to the patient).
     pub imager_pixel_spacing_mm: Option<[f64; 2]>,
     pub slice_thickness_mm: Option<f64>,
+    /// PatientOrientation (0020,0020): directions of rows and columns for projection images, e.g. "L\\F".
+    pub patient_orientation: String,
     pub gantry_tilt_deg: Option<f64>,
     pub has_pixel_data: bool,
 }
@@ -182,6 +184,11 @@ impl InstanceInfo {
             pixel_spacing_mm: pair(tags::PIXEL_SPACING).or_else(|| functional_group_spacing(obj)),
             imager_pixel_spacing_mm: pair(tags::IMAGER_PIXEL_SPACING),
             slice_thickness_mm: float(obj, tags::SLICE_THICKNESS),
+            patient_orientation: obj
+                .get(tags::PATIENT_ORIENTATION)
+                .and_then(|e| e.to_multi_str().ok())
+                .map(|v| v.iter().map(|s| s.trim()).collect::<Vec<_>>().join("\\"))
+                .unwrap_or_default(),
             gantry_tilt_deg: float(obj, tags::GANTRY_DETECTOR_TILT),
             has_pixel_data,
         })

@@ -560,7 +560,7 @@ pub fn write_radiograph(path: &Path, spec: &RadiographSpec) -> Result<()> {
             VR::CS,
             if spec.monochrome1 { "MONOCHROME1" } else { "MONOCHROME2" }.to_owned(),
         ),
-        (tags::PATIENT_ORIENTATION, VR::CS, "R\\F".to_owned()),
+        (tags::PATIENT_ORIENTATION, VR::CS, "L\\F".to_owned()),
     ] {
         obj.put(str_elem(tag, vr, &value));
     }

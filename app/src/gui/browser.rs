@@ -1,0 +1,228 @@
+//! The study browser: search and filters over the local store, studies, series with thumbnails.
+//! Store queries run on the `lucent-store` thread; the UI only sends requests and reads replies.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender};
+use pacs::store::{SeriesRow, Store, StudyQuery, StudyRow};
+
+use super::i18n::Lang;
+use super::loader::Thumbnailer;
+
+/// Requests to the store thread.
+pub enum StoreRequest {
+    Studies(StudyQuery),
+    Series(String),
+    /// Paths of a series, to open in a viewport.
+    Open {
+        series_uid: String,
+        viewport: usize,
+    },
+    Reopen(PathBuf),
+}
+
+/// Replies from the store thread.
+pub enum StoreReply {
+    Studies(Vec<StudyRow>),
+    Series { study_uid: String, series: Vec<SeriesRow>, first_paths: Vec<(String, PathBuf)> },
+    Open { series_uid: String, viewport: usize, paths: Vec<PathBuf> },
+    Error(String),
+}
+
+/// Handle to the store thread.
+pub struct StoreWorker {
+    requests: Sender<StoreRequest>,
+    pub replies: Receiver<StoreReply>,
+}
+
+impl StoreWorker {
+    pub fn start(store_dir: PathBuf, repaint: Arc<dyn Fn() + Send + Sync>) -> std::io::Result<Self> {
+        let (requests, rx) = crossbeam_channel::bounded::<StoreRequest>(32);
+        let (tx, replies) = crossbeam_channel::bounded::<StoreReply>(32);
+        std::thread::Builder::new().name("lucent-store".into()).spawn(move || {
+            let mut store: Option<Store> = None;
+            let mut dir = store_dir;
+            for request in rx.iter() {
+                if let StoreRequest::Reopen(new_dir) = &request {
+                    dir = new_dir.clone();
+                    store = None;
+                    continue;
+                }
+                if store.is_none() {
+                    match Store::open(&dir) {
+                        Ok(s) => store = Some(s),
+                        Err(e) => {
+                            let _ = tx.send(StoreReply::Error(format!("cannot open the store: {e}")));
+                            repaint();
+                            continue;
+                        }
+                    }
+                }
+                let Some(s) = &store else { continue };
+                let reply = answer(s, request).unwrap_or_else(|e| StoreReply::Error(e.to_string()));
+                if tx.send(reply).is_err() {
+                    break;
+                }
+                repaint();
+            }
+        })?;
+        Ok(Self { requests, replies })
+    }
+
+    pub fn send(&self, request: StoreRequest) {
+        // A full queue means the UI is asking faster than SQLite answers; the next change re-asks.
+        let _ = self.requests.try_send(request);
+    }
+}
+
+fn answer(store: &Store, request: StoreRequest) -> pacs::Result<StoreReply> {
+    Ok(match request {
+        StoreRequest::Studies(q) => StoreReply::Studies(store.studies(&q)?),
+        StoreRequest::Series(study_uid) => {
+            let series = store.series(&study_uid)?;
+            let mut first_paths = Vec::new();
+            for s in &series {
+                let instances = store.instances(&s.series_uid)?;
+                if let Some(mid) = instances.get(instances.len() / 2) {
+                    first_paths.push((s.series_uid.clone(), mid.path.clone()));
+                }
+            }
+            StoreReply::Series { study_uid, series, first_paths }
+        }
+        StoreRequest::Open { series_uid, viewport } => {
+            let paths = store.series_paths(&series_uid)?;
+            StoreReply::Open { series_uid, viewport, paths }
+        }
+        StoreRequest::Reopen(_) => StoreReply::Error("internal: reopen is handled by the worker".into()),
+    })
+}
+
+/// Browser state.
+#[derive(Default)]
+pub struct Browser {
+    pub text: String,
+    pub modality: String,
+    pub date_from: String,
+    pub date_to: String,
+    pub studies: Vec<StudyRow>,
+    pub selected_study: Option<String>,
+    pub series: Vec<SeriesRow>,
+    pub thumbnails: HashMap<String, Option<egui::TextureHandle>>,
+    pub dirty: bool,
+}
+
+/// What the user did in the browser.
+#[derive(Debug, Default)]
+pub struct BrowserOutput {
+    pub open_series: Option<String>,
+    pub select_study: Option<String>,
+}
+
+impl Browser {
+    pub fn query(&self) -> StudyQuery {
+        StudyQuery {
+            text: self.text.clone(),
+            modality: self.modality.clone(),
+            date_from: self.date_from.replace('-', ""),
+            date_to: self.date_to.replace('-', ""),
+            ..Default::default()
+        }
+    }
+
+    /// Requests thumbnails for series that have none yet.
+    pub fn request_thumbnails(&mut self, first_paths: Vec<(String, PathBuf)>, thumbs: &Thumbnailer) {
+        for (uid, path) in first_paths {
+            if !self.thumbnails.contains_key(&uid) && thumbs.request(uid.clone(), path) {
+                self.thumbnails.insert(uid, None);
+            }
+        }
+    }
+}
+
+/// The browser panel.
+pub fn browser_ui(ui: &mut egui::Ui, b: &mut Browser, lang: Lang) -> BrowserOutput {
+    let mut out = BrowserOutput::default();
+    ui.heading(lang.tr("Studies"));
+    let search = ui.add(egui::TextEdit::singleline(&mut b.text).hint_text(lang.tr("Search name, ID, accession")));
+    b.dirty |= search.changed();
+    ui.horizontal(|ui| {
+        ui.label(lang.tr("Modality"));
+        egui::ComboBox::from_id_salt("modality-filter")
+            .selected_text(if b.modality.is_empty() { lang.tr("All").to_owned() } else { b.modality.clone() })
+            .show_ui(ui, |ui| {
+                for m in ["", "CT", "CR", "DX", "MR", "US", "PT", "OT"] {
+                    let label = if m.is_empty() { lang.tr("All") } else { m };
+                    b.dirty |= ui.selectable_value(&mut b.modality, m.to_owned(), label).changed();
+                }
+            });
+    });
+    ui.horizontal(|ui| {
+        ui.label(lang.tr("From"));
+        b.dirty |=
+            ui.add(egui::TextEdit::singleline(&mut b.date_from).desired_width(80.0).hint_text("YYYYMMDD")).changed();
+        ui.label(lang.tr("To"));
+        b.dirty |=
+            ui.add(egui::TextEdit::singleline(&mut b.date_to).desired_width(80.0).hint_text("YYYYMMDD")).changed();
+    });
+    ui.separator();
+    if b.studies.is_empty() {
+        ui.weak(lang.tr("No studies in the store"));
+    }
+    egui::ScrollArea::vertical().id_salt("studies").max_height(ui.available_height() * 0.5).show(ui, |ui| {
+        for study in &b.studies {
+            let selected = b.selected_study.as_deref() == Some(study.study_uid.as_str());
+            let text = format!(
+                "{}  {}\n{}  {}  {} · {} {}",
+                study.patient_name.replace('^', " "),
+                study.patient_id,
+                format_date(&study.study_date),
+                study.modalities,
+                study.description,
+                study.instances,
+                lang.tr("images")
+            );
+            if ui.selectable_label(selected, text).clicked() && !selected {
+                out.select_study = Some(study.study_uid.clone());
+            }
+        }
+    });
+    ui.separator();
+    ui.label(lang.tr("Series"));
+    egui::ScrollArea::vertical().id_salt("series").show(ui, |ui| {
+        for s in &b.series {
+            ui.horizontal(|ui| {
+                let thumb = b.thumbnails.get(&s.series_uid).and_then(|t| t.as_ref());
+                let size = egui::vec2(64.0, 64.0);
+                let response = match thumb {
+                    Some(t) => ui.add(egui::Image::new(t).fit_to_exact_size(size).sense(egui::Sense::click_and_drag())),
+                    None => ui.allocate_response(size, egui::Sense::click_and_drag()),
+                };
+                if thumb.is_none() {
+                    ui.painter().rect_filled(response.rect, 2.0, egui::Color32::from_gray(30));
+                }
+                response.dnd_set_drag_payload(s.series_uid.clone());
+                let label = ui.add(
+                    egui::Label::new(format!(
+                        "{} #{}  {}\n{} {}",
+                        s.modality,
+                        s.series_number.map(|n| n.to_string()).unwrap_or_default(),
+                        s.description,
+                        s.instances,
+                        lang.tr("images")
+                    ))
+                    .sense(egui::Sense::click()),
+                );
+                if response.double_clicked() || label.double_clicked() {
+                    out.open_series = Some(s.series_uid.clone());
+                }
+            });
+        }
+    });
+    out
+}
+
+pub fn format_date(d: &str) -> String {
+    if d.len() == 8 { format!("{}-{}-{}", &d[0..4], &d[4..6], &d[6..8]) } else { d.to_owned() }
+}

@@ -1,0 +1,431 @@
+//! The workstation window (eframe + wgpu): study browser, 1x1 to 2x2 viewports, reading tools.
+//!
+//! The UI thread never waits on I/O: store queries run on `lucent-store`, series loading on
+//! `lucent-loader` (+ `lucent-slices-N`), thumbnails on `lucent-thumbs`, demo set-up on
+//! `lucent-demo`. They answer through bounded channels and wake the UI with a repaint request.
+
+pub mod bridge;
+pub mod browser;
+pub mod i18n;
+pub mod loader;
+pub mod viewport;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Result;
+use crossbeam_channel::Receiver;
+use egui::{Key, Rect, Vec2};
+
+use crate::cli::Cli;
+use browser::{Browser, StoreReply, StoreRequest, StoreWorker};
+use i18n::Lang;
+use loader::{LoadRequest, Loader, LoaderEvent, Thumbnailer};
+use viewport::{Viewport, presets_for, viewport_ui};
+
+/// Opens the workstation window.
+pub fn run(cli: Cli) -> Result<()> {
+    let demo = cli.demo;
+    let store_dir = if demo { crate::config::demo_store_dir() } else { crate::config::store_dir(cli.store) };
+    let options = eframe::NativeOptions {
+        renderer: eframe::Renderer::Wgpu,
+        viewport: egui::ViewportBuilder::default()
+            .with_inner_size([1600.0, 1000.0])
+            .with_min_inner_size([800.0, 500.0])
+            .with_title("Lucent"),
+        ..Default::default()
+    };
+    eframe::run_native("Lucent", options, Box::new(move |cc| Ok(Box::new(LucentApp::new(cc, store_dir, demo)?))))
+        .map_err(|e| anyhow::anyhow!("cannot open the window: {e}"))
+}
+
+/// Keyboard actions of the active viewport, with rebindable keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    PreviousImage,
+    NextImage,
+    FirstImage,
+    LastImage,
+    PreviousSeries,
+    NextSeries,
+    Cine,
+    Reset,
+    Invert,
+    FlipHorizontal,
+    FlipVertical,
+    Rotate,
+    Fullscreen,
+    Cancel,
+}
+
+/// Key bindings (OHIF/Weasis defaults); presets are on 1-9.
+#[derive(Debug, Clone)]
+pub struct KeyBindings(pub Vec<(Action, Key)>);
+
+impl Default for KeyBindings {
+    fn default() -> Self {
+        use Action::*;
+        Self(vec![
+            (PreviousImage, Key::ArrowUp),
+            (NextImage, Key::ArrowDown),
+            (FirstImage, Key::Home),
+            (LastImage, Key::End),
+            (PreviousSeries, Key::PageUp),
+            (NextSeries, Key::PageDown),
+            (Cine, Key::C),
+            (Reset, Key::Space),
+            (Invert, Key::I),
+            (FlipHorizontal, Key::H),
+            (FlipVertical, Key::V),
+            (Rotate, Key::R),
+            (Fullscreen, Key::F),
+            (Cancel, Key::Escape),
+        ])
+    }
+}
+
+/// The application state.
+pub struct LucentApp {
+    pub lang: Lang,
+    pub browser: Browser,
+    pub viewports: Vec<Viewport>,
+    pub active: usize,
+    /// (rows, columns)
+    pub layout: (usize, usize),
+    pub fullscreen: Option<usize>,
+    pub keys: KeyBindings,
+    pub status: String,
+    demo: bool,
+    store: StoreWorker,
+    loader: Loader,
+    thumbs: Thumbnailer,
+    demo_ready: Option<Receiver<Result<PathBuf, String>>>,
+    auto_open: bool,
+    /// Studies whose first series should open in a viewport once their series list arrives.
+    pending_first_series: Vec<(String, usize)>,
+    first_series_lists: Vec<(String, Vec<pacs::store::SeriesRow>)>,
+}
+
+impl LucentApp {
+    pub fn new(cc: &eframe::CreationContext<'_>, store_dir: PathBuf, demo: bool) -> Result<Self> {
+        i18n::install_fonts(&cc.egui_ctx);
+        if let Some(render_state) = cc.wgpu_render_state.as_ref() {
+            bridge::register(render_state);
+        }
+        let ctx = cc.egui_ctx.clone();
+        let repaint: Arc<dyn Fn() + Send + Sync> = Arc::new(move || ctx.request_repaint());
+        let store = StoreWorker::start(store_dir.clone(), repaint.clone())?;
+        let loader = Loader::start(repaint.clone())?;
+        let thumbs = Thumbnailer::start(repaint.clone())?;
+        let mut app = Self {
+            lang: Lang::En,
+            browser: Browser { dirty: true, ..Default::default() },
+            viewports: (0..4).map(|i| Viewport::new(i as u64 + 1)).collect(),
+            active: 0,
+            layout: (1, 2),
+            fullscreen: None,
+            keys: KeyBindings::default(),
+            status: String::new(),
+            demo,
+            store,
+            loader,
+            thumbs,
+            demo_ready: None,
+            auto_open: demo,
+            pending_first_series: Vec::new(),
+            first_series_lists: Vec::new(),
+        };
+        if demo {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            let dir = store_dir.clone();
+            let repaint = repaint.clone();
+            std::thread::Builder::new().name("lucent-demo".into()).spawn(move || {
+                let result = crate::demo::ensure_demo_store(&dir, &|_| {}).map_err(|e| format!("{e:#}"));
+                let _ = tx.send(result);
+                repaint();
+            })?;
+            app.demo_ready = Some(rx);
+            app.status = "Preparing the demo studies…".into();
+            app.browser.dirty = false;
+        }
+        Ok(app)
+    }
+
+    /// Asks for `series_uid` to be opened in `viewport`.
+    pub fn request_open(&mut self, series_uid: String, viewport: usize) {
+        self.store.send(StoreRequest::Open { series_uid, viewport });
+    }
+
+    fn poll_workers(&mut self, ctx: &egui::Context) {
+        if let Some(rx) = &self.demo_ready
+            && let Ok(result) = rx.try_recv()
+        {
+            self.demo_ready = None;
+            match result {
+                Ok(dir) => {
+                    self.store.send(StoreRequest::Reopen(dir));
+                    self.browser.dirty = true;
+                    self.status = "Demo studies ready".into();
+                }
+                Err(e) => self.status = format!("Demo set-up failed: {e}"),
+            }
+        }
+        while let Ok(reply) = self.store.replies.try_recv() {
+            match reply {
+                StoreReply::Studies(studies) => {
+                    if self.auto_open {
+                        self.auto_open_demo(&studies);
+                    }
+                    if self.browser.selected_study.is_none()
+                        && let Some(first) = studies.first()
+                    {
+                        self.browser.selected_study = Some(first.study_uid.clone());
+                        self.store.send(StoreRequest::Series(first.study_uid.clone()));
+                    }
+                    self.browser.studies = studies;
+                }
+                StoreReply::Series { study_uid, series, first_paths } => {
+                    if self.pending_first_series.iter().any(|(s, _)| *s == study_uid) {
+                        self.first_series_lists.push((study_uid.clone(), series.clone()));
+                    }
+                    if self.browser.selected_study.as_deref() == Some(study_uid.as_str()) {
+                        self.browser.series = series;
+                        self.browser.request_thumbnails(first_paths, &self.thumbs);
+                    }
+                }
+                StoreReply::Open { series_uid, viewport, paths } => {
+                    if let Err(e) = self.loader.request(LoadRequest { series_uid, paths, viewport }) {
+                        self.status = e;
+                    }
+                }
+                StoreReply::Error(e) => self.status = e,
+            }
+        }
+        while let Ok(event) = self.loader.events.try_recv() {
+            match event {
+                LoaderEvent::Opened { viewport, series } => {
+                    if let Some(vp) = self.viewports.get_mut(viewport) {
+                        vp.set_series(series);
+                    }
+                }
+                LoaderEvent::Failed { message, .. } => self.status = format!("Cannot open the series: {message}"),
+            }
+        }
+        while let Ok(thumb) = self.thumbs.done.try_recv() {
+            let texture = thumb
+                .image
+                .map(|img| ctx.load_texture(format!("thumb-{}", thumb.series_uid), img, egui::TextureOptions::LINEAR));
+            self.browser.thumbnails.insert(thumb.series_uid, texture);
+        }
+    }
+
+    /// Demo: a low-dose CT beside a chest radiograph, ready to read.
+    fn auto_open_demo(&mut self, studies: &[pacs::store::StudyRow]) {
+        if studies.is_empty() {
+            return;
+        }
+        self.auto_open = false;
+        let ct = studies.iter().find(|s| s.modalities.contains("CT"));
+        let cr = studies.iter().find(|s| {
+            s.modalities.contains("CR") && s.description.contains("CXR PA") && !s.description.contains("prior")
+        });
+        for (viewport, study) in [(0, ct), (1, cr)] {
+            if let Some(study) = study {
+                self.store.send(StoreRequest::Series(study.study_uid.clone()));
+                self.pending_first_series.push((study.study_uid.clone(), viewport));
+            }
+        }
+    }
+
+    /// Opens the first series of studies queued by [`Self::auto_open_demo`].
+    fn open_pending_first_series(&mut self) {
+        for (study_uid, series) in std::mem::take(&mut self.first_series_lists) {
+            let Some(pos) = self.pending_first_series.iter().position(|(s, _)| *s == study_uid) else { continue };
+            let (_, viewport) = self.pending_first_series.remove(pos);
+            if let Some(first) = series.first() {
+                self.request_open(first.series_uid.clone(), viewport);
+            }
+        }
+    }
+
+    fn handle_keys(&mut self, ctx: &egui::Context) {
+        if ctx.egui_wants_keyboard_input() {
+            return;
+        }
+        let pressed: Vec<Action> =
+            ctx.input(|i| self.keys.0.iter().filter(|(_, k)| i.key_pressed(*k)).map(|(a, _)| *a).collect());
+        let digit = ctx.input(|i| {
+            [Key::Num1, Key::Num2, Key::Num3, Key::Num4, Key::Num5, Key::Num6, Key::Num7, Key::Num8, Key::Num9]
+                .iter()
+                .position(|k| i.key_pressed(*k))
+        });
+        let lang = self.lang;
+        let active = self.active;
+        let Some(vp) = self.viewports.get_mut(active) else { return };
+        if let Some(d) = digit
+            && let Some(slice) = vp.current_slice()
+            && let Some(preset) = presets_for(&slice, lang).get(d)
+        {
+            vp.window = Some(preset.window);
+        }
+        for action in pressed {
+            match action {
+                Action::PreviousImage => vp.scroll_by(-1),
+                Action::NextImage => vp.scroll_by(1),
+                Action::FirstImage => vp.set_slice(0),
+                Action::LastImage => vp.set_slice(usize::MAX),
+                Action::PreviousSeries | Action::NextSeries => {
+                    let current = vp.series.as_ref().map(|s| s.series_uid.clone());
+                    let list = &self.browser.series;
+                    if let Some(pos) = list.iter().position(|s| Some(&s.series_uid) == current.as_ref()) {
+                        let next = if action == Action::NextSeries { pos + 1 } else { pos.wrapping_sub(1) };
+                        if let Some(s) = list.get(next) {
+                            self.store.send(StoreRequest::Open { series_uid: s.series_uid.clone(), viewport: active });
+                        }
+                    }
+                    return;
+                }
+                Action::Cine => vp.cine = !vp.cine,
+                Action::Reset => vp.reset_view(),
+                Action::Invert => vp.invert = !vp.invert,
+                Action::FlipHorizontal => vp.flip_horizontal = !vp.flip_horizontal,
+                Action::FlipVertical => vp.flip_vertical = !vp.flip_vertical,
+                Action::Rotate => vp.rotation_quarters = (vp.rotation_quarters + 1) % 4,
+                Action::Fullscreen => self.fullscreen = if self.fullscreen.is_some() { None } else { Some(active) },
+                Action::Cancel => {
+                    vp.cine = false;
+                    self.fullscreen = None;
+                }
+            }
+        }
+    }
+
+    fn toolbar_ui(&mut self, ui: &mut egui::Ui) {
+        let lang = self.lang;
+        ui.horizontal(|ui| {
+            ui.strong("Lucent");
+            if self.demo {
+                ui.label(egui::RichText::new(lang.tr("Demo")).color(egui::Color32::from_rgb(255, 190, 40)));
+            }
+            ui.separator();
+            ui.label(lang.tr("Layout"));
+            for (rows, cols, label) in [(1, 1, "1×1"), (1, 2, "1×2"), (2, 1, "2×1"), (2, 2, "2×2")] {
+                if ui.selectable_label(self.layout == (rows, cols) && self.fullscreen.is_none(), label).clicked() {
+                    self.layout = (rows, cols);
+                    self.fullscreen = None;
+                    self.active = self.active.min(rows * cols - 1);
+                }
+            }
+            ui.separator();
+            let active = self.active;
+            if let Some(vp) = self.viewports.get_mut(active) {
+                if let Some(slice) = vp.current_slice() {
+                    let presets = presets_for(&slice, lang);
+                    egui::ComboBox::from_id_salt("presets").selected_text(lang.tr("Window")).show_ui(ui, |ui| {
+                        for (i, p) in presets.iter().enumerate() {
+                            let text = format!("{} {}  ({:.0}/{:.0})", i + 1, p.name, p.window.width, p.window.center);
+                            if ui.selectable_label(vp.window == Some(p.window), text).clicked() {
+                                vp.window = Some(p.window);
+                            }
+                        }
+                        if ui.selectable_label(vp.window.is_none(), lang.tr("Auto")).clicked() {
+                            vp.window = None;
+                        }
+                    });
+                }
+                ui.toggle_value(&mut vp.invert, lang.tr("Invert"));
+                ui.toggle_value(&mut vp.smooth, lang.tr("Smooth"));
+                if ui.button(lang.tr("Rotate")).clicked() {
+                    vp.rotation_quarters = (vp.rotation_quarters + 1) % 4;
+                }
+                ui.toggle_value(&mut vp.flip_horizontal, lang.tr("Flip H"));
+                ui.toggle_value(&mut vp.flip_vertical, lang.tr("Flip V"));
+                if ui.button(lang.tr("Reset")).clicked() {
+                    vp.reset_view();
+                }
+                ui.toggle_value(&mut vp.cine, lang.tr("Cine"));
+                ui.add(egui::DragValue::new(&mut vp.cine_fps).range(1.0..=60.0).suffix(" fps"));
+            }
+            ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+                for l in [Lang::Ko, Lang::En] {
+                    if ui.selectable_label(self.lang == l, l.label()).clicked() {
+                        self.lang = l;
+                    }
+                }
+            });
+        });
+    }
+}
+
+impl eframe::App for LucentApp {
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        let ctx = ui.ctx().clone();
+        self.poll_workers(&ctx);
+        self.open_pending_first_series();
+        if self.browser.dirty {
+            self.browser.dirty = false;
+            self.store.send(StoreRequest::Studies(self.browser.query()));
+        }
+        self.handle_keys(&ctx);
+        let now = ctx.input(|i| i.time);
+        let mut cine_running = false;
+        for vp in &mut self.viewports {
+            vp.tick_cine(now);
+            cine_running |= vp.cine;
+        }
+        if cine_running {
+            ctx.request_repaint_after(std::time::Duration::from_millis(10));
+        }
+        let lang = self.lang;
+
+        egui::Panel::top("toolbar").show(ui, |ui| self.toolbar_ui(ui));
+        egui::Panel::bottom("status").show(ui, |ui| {
+            ui.horizontal(|ui| {
+                ui.weak(lang.tr("Research and demonstration only — not for diagnosis"));
+                ui.separator();
+                ui.label(&self.status);
+            });
+        });
+        egui::Panel::left("browser").default_size(320.0).resizable(true).show(ui, |ui| {
+            let out = browser::browser_ui(ui, &mut self.browser, lang);
+            if let Some(study) = out.select_study {
+                self.browser.selected_study = Some(study.clone());
+                self.browser.series.clear();
+                self.store.send(StoreRequest::Series(study));
+            }
+            if let Some(series) = out.open_series {
+                self.request_open(series, self.active);
+            }
+        });
+        egui::CentralPanel::default().frame(egui::Frame::NONE.fill(egui::Color32::BLACK)).show(ui, |ui| {
+            let area = ui.max_rect();
+            let cells: Vec<(usize, Rect)> = match self.fullscreen {
+                Some(i) => vec![(i, area)],
+                None => {
+                    let (rows, cols) = self.layout;
+                    let size = Vec2::new(area.width() / cols as f32, area.height() / rows as f32);
+                    (0..rows * cols)
+                        .map(|i| {
+                            let min = area.min + Vec2::new((i % cols) as f32 * size.x, (i / cols) as f32 * size.y);
+                            (i, Rect::from_min_size(min, size))
+                        })
+                        .collect()
+                }
+            };
+            for (i, rect) in cells {
+                let active = i == self.active;
+                let out = viewport_ui(ui, rect, &mut self.viewports[i], active, lang);
+                if out.clicked {
+                    self.active = i;
+                }
+                if out.double_clicked {
+                    self.fullscreen = if self.fullscreen.is_some() { None } else { Some(i) };
+                }
+                if let Some(uid) = out.dropped_series {
+                    self.active = i;
+                    self.request_open(uid, i);
+                }
+            }
+        });
+    }
+}

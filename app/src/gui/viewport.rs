@@ -1,0 +1,583 @@
+//! One viewport: the slice on screen, its view transform and window, mouse and key handling
+//! (OHIF/Weasis conventions) and the overlays (corners, orientation markers, scale bar).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use egui::{Align2, Color32, FontId, PointerButton, Pos2, Rect, Sense, Stroke, Vec2};
+use pacs::SpacingSource;
+use pacs::pixels::{VoiFunction, VoiPreset, Window};
+use pacs::volume::VolumeWarning;
+use render::{ImageParams, ViewTransform};
+
+use super::bridge::SliceCallback;
+use super::i18n::Lang;
+use super::loader::{SeriesData, SliceImage};
+
+/// A named window preset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preset {
+    pub name: String,
+    pub window: Window,
+}
+
+/// CT presets (width / level): lung 1500/-600, mediastinum 350/40, bone 2000/300, abdomen 400/40, brain 80/40.
+pub fn modality_presets(modality: &str, lang: Lang) -> Vec<Preset> {
+    if modality != "CT" {
+        return Vec::new();
+    }
+    [
+        ("Lung", -600.0, 1500.0),
+        ("Mediastinum", 40.0, 350.0),
+        ("Bone", 300.0, 2000.0),
+        ("Abdomen", 40.0, 400.0),
+        ("Brain", 40.0, 80.0),
+    ]
+    .into_iter()
+    .map(|(name, center, width)| Preset { name: lang.tr(name).to_owned(), window: Window::new(center, width) })
+    .collect()
+}
+
+/// Presets for a slice: the modality's, then the file's own windows, then automatic.
+pub fn presets_for(slice: &SliceImage, lang: Lang) -> Vec<Preset> {
+    let mut presets = modality_presets(&slice.info.modality, lang);
+    for (i, p) in slice.transform.presets.iter().enumerate() {
+        if let VoiPreset::Window { window, explanation } = p {
+            let name =
+                if explanation.is_empty() { format!("{} {}", lang.tr("File"), i + 1) } else { explanation.clone() };
+            presets.push(Preset { name, window: *window });
+        }
+    }
+    presets
+}
+
+/// The state of one viewport.
+pub struct Viewport {
+    pub id: u64,
+    pub series: Option<Arc<SeriesData>>,
+    pub slice: usize,
+    /// Zoom relative to "fit".
+    pub zoom_factor: f32,
+    pub pan_px: Vec2,
+    pub rotation_quarters: u8,
+    pub flip_horizontal: bool,
+    pub flip_vertical: bool,
+    pub invert: bool,
+    pub smooth: bool,
+    /// None: the slice's default (first file window, else automatic).
+    pub window: Option<Window>,
+    pub cine: bool,
+    pub cine_fps: f32,
+    cine_clock: f64,
+    /// Pointer position over the image (pixel coordinates), for the value readout.
+    hover_pixel: Option<[f32; 2]>,
+}
+
+impl Viewport {
+    pub fn new(id: u64) -> Self {
+        Self {
+            id,
+            series: None,
+            slice: 0,
+            zoom_factor: 1.0,
+            pan_px: Vec2::ZERO,
+            rotation_quarters: 0,
+            flip_horizontal: false,
+            flip_vertical: false,
+            invert: false,
+            smooth: true,
+            window: None,
+            cine: false,
+            cine_fps: 10.0,
+            cine_clock: 0.0,
+            hover_pixel: None,
+        }
+    }
+
+    /// Shows `series`, starting at its middle slice.
+    pub fn set_series(&mut self, series: Arc<SeriesData>) {
+        if let Some(old) = self.series.take() {
+            old.cancel.store(true, Ordering::Relaxed);
+        }
+        self.slice = series.len() / 2;
+        series.want(self.slice);
+        self.series = Some(series);
+        self.reset_view();
+        self.window = None;
+    }
+
+    /// Space: back to fit, no rotation or flip, default window.
+    pub fn reset_view(&mut self) {
+        self.zoom_factor = 1.0;
+        self.pan_px = Vec2::ZERO;
+        self.rotation_quarters = 0;
+        self.flip_horizontal = false;
+        self.flip_vertical = false;
+        self.invert = false;
+        self.window = None;
+    }
+
+    pub fn slice_count(&self) -> usize {
+        self.series.as_ref().map_or(0, |s| s.len())
+    }
+
+    pub fn scroll_by(&mut self, delta: i64) {
+        let n = self.slice_count();
+        if n == 0 {
+            return;
+        }
+        self.set_slice((self.slice as i64 + delta).clamp(0, n as i64 - 1) as usize);
+    }
+
+    pub fn set_slice(&mut self, index: usize) {
+        self.slice = index.min(self.slice_count().saturating_sub(1));
+        if let Some(s) = &self.series {
+            s.want(self.slice);
+        }
+    }
+
+    pub fn current_slice(&self) -> Option<Arc<SliceImage>> {
+        self.series.as_ref()?.slice(self.slice)
+    }
+
+    /// The window in effect for `slice`.
+    pub fn effective_window(&self, slice: &SliceImage) -> Window {
+        self.window.unwrap_or_else(|| match slice.transform.presets.first() {
+            Some(VoiPreset::Window { window, .. }) => *window,
+            _ => match slice.samples {
+                super::loader::SliceSamples::Rgba8(_) => Window::new(0.5, 1.0),
+                _ => auto_window(slice),
+            },
+        })
+    }
+
+    /// Advances cine by the elapsed time; true when it moved.
+    pub fn tick_cine(&mut self, now: f64) -> bool {
+        if !self.cine || self.slice_count() < 2 {
+            self.cine_clock = now;
+            return false;
+        }
+        if now - self.cine_clock >= 1.0 / f64::from(self.cine_fps.max(0.5)) {
+            self.cine_clock = now;
+            let n = self.slice_count();
+            self.set_slice((self.slice + 1) % n);
+            return true;
+        }
+        false
+    }
+
+    fn view_transform(&self, slice: &SliceImage, rect_px: Vec2) -> ViewTransform {
+        let aspect = pixel_aspect(slice);
+        let image_size = [slice.width as f32, slice.height as f32];
+        let fit = ViewTransform::fit_zoom([rect_px.x, rect_px.y], image_size, aspect, self.rotation_quarters);
+        ViewTransform {
+            viewport_px: [rect_px.x, rect_px.y],
+            image_size,
+            zoom: fit * self.zoom_factor,
+            aspect,
+            pan_px: [self.pan_px.x, self.pan_px.y],
+            rotation_quarters: self.rotation_quarters,
+            flip_horizontal: self.flip_horizontal,
+            flip_vertical: self.flip_vertical,
+        }
+    }
+}
+
+/// Histogram window from the 0.5-99.5 percentiles of a slice (as pacs does on the CPU).
+fn auto_window(slice: &SliceImage) -> Window {
+    let n = (slice.width * slice.height) as usize;
+    let step = (n / 65536).max(1);
+    let mut values: Vec<f64> = (0..n)
+        .step_by(step)
+        .filter_map(|i| slice.samples.value(i))
+        .filter(|&v| !slice.transform.is_padding(v))
+        .map(|v| slice.transform.modality.apply(v))
+        .collect();
+    if values.is_empty() {
+        return Window::new(0.5, 1.0);
+    }
+    values.sort_by(f64::total_cmp);
+    let lo = values[values.len() / 200];
+    let hi = values[values.len() - 1 - values.len() / 200].max(lo + 1.0);
+    Window { center: (lo + hi) / 2.0, width: hi - lo, function: VoiFunction::Linear }
+}
+
+/// Displayed height/width of one pixel (row spacing / column spacing).
+pub fn pixel_aspect(slice: &SliceImage) -> f32 {
+    slice.info.spacing().map_or(1.0, |s| (s.row_mm / s.column_mm) as f32).clamp(0.05, 20.0)
+}
+
+fn to_render_function(f: VoiFunction) -> render::VoiFunction {
+    match f {
+        VoiFunction::Linear => render::VoiFunction::Linear,
+        VoiFunction::LinearExact => render::VoiFunction::LinearExact,
+        VoiFunction::Sigmoid => render::VoiFunction::Sigmoid,
+    }
+}
+
+/// What a viewport asks of the app after a frame.
+#[derive(Debug, Default)]
+pub struct ViewportOutput {
+    pub clicked: bool,
+    pub double_clicked: bool,
+    /// A series UID dropped from the browser.
+    pub dropped_series: Option<String>,
+}
+
+/// Draws a viewport in `rect` and handles its input.
+pub fn viewport_ui(ui: &mut egui::Ui, rect: Rect, vp: &mut Viewport, active: bool, lang: Lang) -> ViewportOutput {
+    let mut out = ViewportOutput::default();
+    let response = ui.allocate_rect(rect, Sense::click_and_drag());
+    let painter = ui.painter_at(rect);
+    painter.rect_filled(rect, 0.0, Color32::BLACK);
+    let ppp = ui.ctx().pixels_per_point();
+    out.clicked = response.clicked() || response.drag_started();
+    out.double_clicked = response.double_clicked();
+    if let Some(uid) = response.dnd_release_payload::<String>() {
+        out.dropped_series = Some((*uid).clone());
+    }
+
+    let Some(series) = vp.series.clone() else {
+        painter.text(
+            rect.center(),
+            Align2::CENTER_CENTER,
+            lang.tr("Drop a series here or double-click one in the browser"),
+            FontId::proportional(14.0),
+            Color32::GRAY,
+        );
+        draw_border(&painter, rect, active);
+        return out;
+    };
+    let slice = series.slice(vp.slice).or_else(|| nearest_decoded(&series, vp.slice));
+    let rect_px = rect.size() * ppp;
+
+    // Input: left drag W/L, middle drag pan, right drag zoom, wheel scroll, Ctrl+wheel zoom about the cursor.
+    if let Some(slice) = &slice {
+        let transform = vp.view_transform(slice, rect_px);
+        let delta = response.drag_delta();
+        if response.dragged_by(PointerButton::Primary) && !slice.is_colour() {
+            let mut w = vp.effective_window(slice);
+            let step = (w.width.abs() * 0.004).max(0.01);
+            w.width = (w.width + f64::from(delta.x) * step).max(1.0);
+            w.center += f64::from(delta.y) * step;
+            vp.window = Some(w);
+        }
+        if response.dragged_by(PointerButton::Middle) {
+            vp.pan_px += delta * ppp;
+        }
+        if response.dragged_by(PointerButton::Secondary) {
+            vp.zoom_factor = (vp.zoom_factor * (1.0 - delta.y * 0.01)).clamp(0.05, 50.0);
+        }
+        if response.hovered() {
+            let (scroll, ctrl) = ui.input(|i| {
+                let mut ctrl = i.modifiers.ctrl || i.modifiers.command;
+                let mut scroll = 0.0;
+                for event in &i.raw.events {
+                    if let egui::Event::MouseWheel { delta, modifiers, .. } = event {
+                        scroll += delta.y;
+                        ctrl |= modifiers.ctrl || modifiers.command;
+                    }
+                }
+                (scroll, ctrl)
+            });
+            if scroll != 0.0 {
+                if ctrl {
+                    if let Some(pointer) = response.hover_pos() {
+                        let before = (pointer - rect.center()) * ppp;
+                        let image_point = transform.screen_to_image([before.x, before.y]);
+                        vp.zoom_factor = (vp.zoom_factor * (1.0 + scroll * 0.002)).clamp(0.05, 50.0);
+                        let after = vp.view_transform(slice, rect_px).image_to_screen(image_point);
+                        vp.pan_px += before - Vec2::new(after[0], after[1]);
+                    }
+                } else {
+                    vp.scroll_by(if scroll > 0.0 { -1 } else { 1 });
+                }
+            }
+        }
+        vp.hover_pixel = response.hover_pos().map(|p| {
+            let offset = (p - rect.center()) * ppp;
+            vp.view_transform(slice, rect_px).screen_to_image([offset.x, offset.y])
+        });
+    }
+
+    if let Some(slice) = &slice {
+        let transform = vp.view_transform(slice, rect_px);
+        let window = vp.effective_window(slice);
+        let (slope, intercept) = slice.transform.modality.linear().unwrap_or((1.0, 0.0));
+        let params = ImageParams {
+            ndc_to_pixel: transform.ndc_to_pixel(),
+            rescale_slope: slope as f32,
+            rescale_intercept: intercept as f32,
+            window_center: window.center as f32,
+            window_width: window.width as f32,
+            voi_function: to_render_function(window.function),
+            invert: slice.transform.inverts_for_display() != vp.invert,
+            smooth: vp.smooth,
+            padding_range: slice.transform.padding.map(|(a, b)| (a as f32, b as f32)),
+        };
+        let index = series.slice(vp.slice).map_or_else(|| nearest_index(&series, vp.slice), |_| vp.slice);
+        painter.add(egui_wgpu::Callback::new_paint_callback(
+            rect,
+            SliceCallback { viewport_id: vp.id, key: (series.id, index), slice: slice.clone(), params },
+        ));
+        overlays(&painter, rect, vp, &series, slice, &transform, window, ppp, lang);
+    } else {
+        painter.text(
+            rect.center(),
+            Align2::CENTER_CENTER,
+            format!("{}…", lang.tr("Loading")),
+            FontId::proportional(16.0),
+            Color32::GRAY,
+        );
+    }
+    draw_border(&painter, rect, active);
+    out
+}
+
+fn draw_border(painter: &egui::Painter, rect: Rect, active: bool) {
+    let stroke = if active {
+        Stroke::new(2.0, Color32::from_rgb(255, 190, 40))
+    } else {
+        Stroke::new(1.0, Color32::from_gray(60))
+    };
+    painter.rect_stroke(rect.shrink(1.0), 0.0, stroke, egui::StrokeKind::Inside);
+}
+
+fn nearest_index(series: &SeriesData, index: usize) -> usize {
+    (0..series.len()).filter(|&i| series.slice(i).is_some()).min_by_key(|&i| i.abs_diff(index)).unwrap_or(index)
+}
+
+fn nearest_decoded(series: &SeriesData, index: usize) -> Option<Arc<SliceImage>> {
+    series.slice(nearest_index(series, index))
+}
+
+/// Patient-direction letters (LPS) of a direction vector, strongest component first.
+pub fn direction_letters(v: [f64; 3]) -> String {
+    let mut parts: Vec<(f64, char)> = vec![
+        (v[0].abs(), if v[0] > 0.0 { 'L' } else { 'R' }),
+        (v[1].abs(), if v[1] > 0.0 { 'P' } else { 'A' }),
+        (v[2].abs(), if v[2] > 0.0 { 'H' } else { 'F' }),
+    ];
+    parts.sort_by(|a, b| b.0.total_cmp(&a.0));
+    parts.iter().filter(|(m, _)| *m > 0.25).map(|(_, c)| *c).collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn overlays(
+    painter: &egui::Painter,
+    rect: Rect,
+    vp: &Viewport,
+    series: &SeriesData,
+    slice: &SliceImage,
+    transform: &ViewTransform,
+    window: Window,
+    ppp: f32,
+    lang: Lang,
+) {
+    let font = FontId::proportional(13.0);
+    let colour = Color32::from_rgb(220, 220, 200);
+    let margin = 6.0;
+    let info = &slice.info;
+    let corner = |pos: Pos2, align: Align2, lines: Vec<String>| {
+        let text = lines.into_iter().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join("\n");
+        painter.text(pos, align, text, font.clone(), colour);
+    };
+    corner(
+        rect.left_top() + Vec2::splat(margin),
+        Align2::LEFT_TOP,
+        vec![
+            info.patient_name.replace('^', " "),
+            info.patient_id.clone(),
+            format!("{} {}", format_date(&info.patient_birth_date), info.patient_sex),
+        ],
+    );
+    corner(
+        rect.right_top() + Vec2::new(-margin, margin),
+        Align2::RIGHT_TOP,
+        vec![
+            format!("{} {}", format_date(&info.study_date), info.study_description),
+            format!(
+                "{} {} {}",
+                info.modality,
+                info.series_number.map(|n| format!("#{n}")).unwrap_or_default(),
+                info.series_description
+            ),
+        ],
+    );
+    let n = series.len();
+    let mut bottom_left = vec![
+        if slice.is_colour() { String::new() } else { format!("W {:.0}  L {:.0}", window.width, window.center) },
+        format!("{} {:.0}%", lang.tr("Zoom"), transform.zoom * 100.0),
+        format!("{} {}/{}", lang.tr("Slice"), vp.slice + 1, n),
+    ];
+    if n > 1
+        && let Some(z) = series.plan.slice_positions_mm.get(vp.slice)
+    {
+        bottom_left.push(format!("{z:.1} mm"));
+    }
+    if let Some(t) = info.slice_thickness_mm {
+        bottom_left.push(format!("{} {t:.2} mm", lang.tr("Thickness")));
+    }
+    corner(rect.left_bottom() + Vec2::new(margin, -margin), Align2::LEFT_BOTTOM, bottom_left);
+    let mut bottom_right = Vec::new();
+    if let Some([x, y]) = vp.hover_pixel
+        && x >= 0.0
+        && y >= 0.0
+        && let Some(v) = slice.modality_value(x as usize, y as usize)
+    {
+        let unit = if slice.transform.unit.is_empty() { String::new() } else { format!(" {}", slice.transform.unit) };
+        bottom_right.push(format!("({}, {})  {v:.0}{unit}", x as usize, y as usize));
+    }
+    if series.decoded() < n {
+        bottom_right.push(format!("{} {}/{}", lang.tr("decoded"), series.decoded(), n));
+    }
+    // Warnings worth a reader's attention (a radiograph's lack of a slice stack is not one).
+    for w in series
+        .warnings()
+        .iter()
+        .filter(|w| {
+            series.len() > 1
+                || !matches!(
+                    w,
+                    VolumeWarning::NoGeometry | VolumeWarning::SingleSlice | VolumeWarning::UncalibratedSpacing
+                )
+        })
+        .take(2)
+    {
+        bottom_right.push(format!("{}: {w}", lang.tr("Warning")));
+    }
+    corner(rect.right_bottom() - Vec2::splat(margin), Align2::RIGHT_BOTTOM, bottom_right);
+
+    // Orientation markers from ImageOrientationPatient, else from PatientOrientation (radiographs).
+    if let Some(o) = info.image_orientation_patient.or_else(|| patient_orientation_vectors(&info.patient_orientation)) {
+        let row = [o[0], o[1], o[2]];
+        let col = [o[3], o[4], o[5]];
+        let direction = |screen: [f32; 2]| {
+            let a = transform.screen_to_image([0.0, 0.0]);
+            let b = transform.screen_to_image(screen);
+            let (di, dj) = (f64::from(b[0] - a[0]), f64::from(b[1] - a[1]));
+            direction_letters([0, 1, 2].map(|k| row[k] * di + col[k] * dj))
+        };
+        let big = FontId::proportional(15.0);
+        let c = rect.center();
+        painter.text(
+            Pos2::new(rect.right() - margin, c.y),
+            Align2::RIGHT_CENTER,
+            direction([100.0, 0.0]),
+            big.clone(),
+            colour,
+        );
+        painter.text(
+            Pos2::new(rect.left() + margin, c.y),
+            Align2::LEFT_CENTER,
+            direction([-100.0, 0.0]),
+            big.clone(),
+            colour,
+        );
+        painter.text(
+            Pos2::new(c.x, rect.top() + margin),
+            Align2::CENTER_TOP,
+            direction([0.0, -100.0]),
+            big.clone(),
+            colour,
+        );
+        painter.text(
+            Pos2::new(c.x, rect.bottom() - margin),
+            Align2::CENTER_BOTTOM,
+            direction([0.0, 100.0]),
+            big,
+            colour,
+        );
+    }
+
+    // Scale bar: a round length in mm that is about a fifth of the viewport.
+    if let Some(spacing) = info.spacing() {
+        let mm_per_point = spacing.column_mm as f32 / transform.zoom * ppp;
+        let target_mm = rect.width() * 0.2 * mm_per_point;
+        let nice = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0]
+            .into_iter()
+            .rev()
+            .find(|&l| l <= target_mm)
+            .unwrap_or(1.0);
+        let length = nice / mm_per_point;
+        let y = rect.bottom() - 72.0;
+        let x0 = rect.center().x - length / 2.0;
+        let stroke = Stroke::new(2.0, colour);
+        painter.line_segment([Pos2::new(x0, y), Pos2::new(x0 + length, y)], stroke);
+        for x in [x0, x0 + length] {
+            painter.line_segment([Pos2::new(x, y - 4.0), Pos2::new(x, y + 4.0)], stroke);
+        }
+        let label = if spacing.source == SpacingSource::ImagerPixelSpacing {
+            format!("{nice:.0} mm ({})", lang.tr("uncalibrated (detector)"))
+        } else {
+            format!("{nice:.0} mm")
+        };
+        painter.text(
+            Pos2::new(rect.center().x, y - 6.0),
+            Align2::CENTER_BOTTOM,
+            label,
+            FontId::proportional(11.0),
+            colour,
+        );
+    }
+}
+
+/// Direction vectors (as an ImageOrientationPatient) from PatientOrientation letters, e.g. "L\\F".
+fn patient_orientation_vectors(text: &str) -> Option<[f64; 6]> {
+    let mut parts = text.split('\\');
+    let letters = |s: &str| {
+        let mut v = [0.0f64; 3];
+        for c in s.chars() {
+            match c {
+                'L' => v[0] += 1.0,
+                'R' => v[0] -= 1.0,
+                'P' => v[1] += 1.0,
+                'A' => v[1] -= 1.0,
+                'H' => v[2] += 1.0,
+                'F' => v[2] -= 1.0,
+                _ => {}
+            }
+        }
+        (v != [0.0; 3]).then_some(v)
+    };
+    let row = letters(parts.next()?)?;
+    let col = letters(parts.next()?)?;
+    Some([row[0], row[1], row[2], col[0], col[1], col[2]])
+}
+
+fn format_date(d: &str) -> String {
+    if d.len() == 8 && d.chars().all(|c| c.is_ascii_digit()) {
+        format!("{}-{}-{}", &d[0..4], &d[4..6], &d[6..8])
+    } else {
+        d.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direction_letters_follow_lps() {
+        assert_eq!(direction_letters([1.0, 0.0, 0.0]), "L");
+        assert_eq!(direction_letters([-1.0, 0.0, 0.0]), "R");
+        assert_eq!(direction_letters([0.0, -1.0, 0.0]), "A");
+        assert_eq!(direction_letters([0.0, 0.0, -1.0]), "F");
+        assert_eq!(direction_letters([0.7, 0.0, 0.7]), "LH");
+    }
+
+    #[test]
+    fn patient_orientation_of_a_pa_chest() {
+        assert_eq!(patient_orientation_vectors("L\\F"), Some([1.0, 0.0, 0.0, 0.0, 0.0, -1.0]));
+        assert_eq!(patient_orientation_vectors(""), None);
+    }
+
+    #[test]
+    fn ct_presets_match_the_conventional_values() {
+        let p = modality_presets("CT", Lang::En);
+        assert_eq!(p[0].window, Window::new(-600.0, 1500.0));
+        assert_eq!(p[1].window, Window::new(40.0, 350.0));
+        assert_eq!(p[2].window, Window::new(300.0, 2000.0));
+        assert!(modality_presets("CR", Lang::En).is_empty());
+    }
+}
