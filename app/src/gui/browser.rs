@@ -148,8 +148,7 @@ pub fn browser_ui(ui: &mut egui::Ui, b: &mut Browser, lang: Lang) -> BrowserOutp
     let search = ui.add(egui::TextEdit::singleline(&mut b.text).hint_text(lang.tr("Search name, ID, accession")));
     b.dirty |= search.changed();
     ui.horizontal(|ui| {
-        ui.label(lang.tr("Modality"));
-        egui::ComboBox::from_id_salt("modality-filter")
+        egui::ComboBox::from_label(lang.tr("Modality"))
             .selected_text(if b.modality.is_empty() { lang.tr("All").to_owned() } else { b.modality.clone() })
             .show_ui(ui, |ui| {
                 for m in ["", "CT", "CR", "DX", "MR", "US", "PT", "OT"] {

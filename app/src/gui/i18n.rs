@@ -41,7 +41,7 @@ const KO: &[(&str, &str)] = &[
     ("Bone", "뼈"),
     ("Abdomen", "복부"),
     ("Brain", "뇌"),
-    ("Auto", "자동"),
+    ("Default", "기본값"),
     ("File", "파일"),
     ("Research and demonstration only — not for diagnosis", "연구 및 시연용 — 진단용이 아님"),
     ("Warning", "경고"),

@@ -302,7 +302,7 @@ impl LucentApp {
 
     fn toolbar_ui(&mut self, ui: &mut egui::Ui) {
         let lang = self.lang;
-        ui.horizontal(|ui| {
+        ui.horizontal_wrapped(|ui| {
             ui.strong("Lucent");
             if self.demo {
                 ui.label(egui::RichText::new(lang.tr("Demo")).color(egui::Color32::from_rgb(255, 190, 40)));
@@ -321,14 +321,18 @@ impl LucentApp {
             if let Some(vp) = self.viewports.get_mut(active) {
                 if let Some(slice) = vp.current_slice() {
                     let presets = presets_for(&slice, lang);
-                    egui::ComboBox::from_id_salt("presets").selected_text(lang.tr("Window")).show_ui(ui, |ui| {
+                    let current = presets.iter().find(|p| vp.window == Some(p.window)).map_or_else(
+                        || if vp.window.is_none() { lang.tr("Default").to_owned() } else { "—".to_owned() },
+                        |p| p.name.clone(),
+                    );
+                    egui::ComboBox::from_label(lang.tr("Window")).selected_text(current).show_ui(ui, |ui| {
                         for (i, p) in presets.iter().enumerate() {
                             let text = format!("{} {}  ({:.0}/{:.0})", i + 1, p.name, p.window.width, p.window.center);
                             if ui.selectable_label(vp.window == Some(p.window), text).clicked() {
                                 vp.window = Some(p.window);
                             }
                         }
-                        if ui.selectable_label(vp.window.is_none(), lang.tr("Auto")).clicked() {
+                        if ui.selectable_label(vp.window.is_none(), lang.tr("Default")).clicked() {
                             vp.window = None;
                         }
                     });
@@ -346,11 +350,10 @@ impl LucentApp {
                 ui.toggle_value(&mut vp.cine, lang.tr("Cine"));
                 ui.add(egui::DragValue::new(&mut vp.cine_fps).range(1.0..=60.0).suffix(" fps"));
             }
-            ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
-                for l in [Lang::Ko, Lang::En] {
-                    if ui.selectable_label(self.lang == l, l.label()).clicked() {
-                        self.lang = l;
-                    }
+            ui.separator();
+            egui::ComboBox::from_label(lang.tr("Language")).selected_text(self.lang.label()).show_ui(ui, |ui| {
+                for l in [Lang::En, Lang::Ko] {
+                    ui.selectable_value(&mut self.lang, l, l.label());
                 }
             });
         });

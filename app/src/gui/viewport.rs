@@ -380,7 +380,7 @@ fn overlays(
     let info = &slice.info;
     let corner = |pos: Pos2, align: Align2, lines: Vec<String>| {
         let text = lines.into_iter().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join("\n");
-        painter.text(pos, align, text, font.clone(), colour);
+        shadowed_text(painter, pos, align, text, font.clone(), colour);
     };
     corner(
         rect.left_top() + Vec2::splat(margin),
@@ -502,10 +502,11 @@ fn overlays(
         let length = nice / mm_per_point;
         let y = rect.bottom() - 72.0;
         let x0 = rect.center().x - length / 2.0;
-        let stroke = Stroke::new(2.0, colour);
-        painter.line_segment([Pos2::new(x0, y), Pos2::new(x0 + length, y)], stroke);
-        for x in [x0, x0 + length] {
-            painter.line_segment([Pos2::new(x, y - 4.0), Pos2::new(x, y + 4.0)], stroke);
+        for (stroke, offset) in [(Stroke::new(4.0, Color32::BLACK), 0.0), (Stroke::new(2.0, colour), 0.0)] {
+            painter.line_segment([Pos2::new(x0 - offset, y), Pos2::new(x0 + length, y)], stroke);
+            for x in [x0, x0 + length] {
+                painter.line_segment([Pos2::new(x, y - 4.0), Pos2::new(x, y + 4.0)], stroke);
+            }
         }
         let label = if spacing.source == SpacingSource::ImagerPixelSpacing {
             format!("{nice:.0} mm ({})", lang.tr("uncalibrated (detector)"))
@@ -520,6 +521,15 @@ fn overlays(
             colour,
         );
     }
+}
+
+/// Overlay text with a dark outline, readable on any part of the image.
+fn shadowed_text(painter: &egui::Painter, pos: Pos2, align: Align2, text: String, font: FontId, colour: Color32) {
+    let shadow = Color32::from_black_alpha(220);
+    for offset in [Vec2::new(1.0, 1.0), Vec2::new(-1.0, -1.0), Vec2::new(1.0, -1.0), Vec2::new(-1.0, 1.0)] {
+        painter.text(pos + offset, align, &text, font.clone(), shadow);
+    }
+    painter.text(pos, align, text, font, colour);
 }
 
 /// Direction vectors (as an ImageOrientationPatient) from PatientOrientation letters, e.g. "L\\F".

@@ -1,0 +1,116 @@
+//! UI snapshot tests: the real `LucentApp` in egui_kittest, rendered with wgpu on whatever
+//! adapter is present (Mesa lavapipe in CI). The harness goes through `LucentApp::new`, which
+//! registers the same `callback_resources` as the app, so the GPU-drawn image is in the snapshot.
+//!
+//! `UPDATE_SNAPSHOTS=1 cargo test -p lucent --test ui` rewrites the PNGs under `tests/snapshots/`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
+use lucent_app::gui::LucentApp;
+use lucent_app::gui::i18n::Lang;
+use pacs::pixels::Window;
+use pacs::store::{Store, StudyQuery};
+use pacs::synth::{self, CtSeriesSpec, Nodule, NoduleKind, PatientSpec, RadiographSpec};
+
+/// A store with one small CT (with a nodule) and one MONOCHROME1 radiograph; returns (CT, CR) series UIDs.
+fn sample_store(root: &Path) -> (String, String) {
+    let src = root.join("src");
+    let mut ct = CtSeriesSpec { noise_hu: 8.0, ..CtSeriesSpec::chest("ui-ct", 16, 160) };
+    ct.origin_mm[2] = -180.0;
+    ct.patient = PatientSpec::new("TEST^CT", "UI-1", "ui-ct");
+    ct.nodules = vec![Nodule { center_mm: [70.0, -20.0, -160.0], diameter_mm: 14.0, kind: NoduleKind::Solid }];
+    synth::write_ct_series(&src.join("ct"), &ct).unwrap();
+    let cr = RadiographSpec {
+        monochrome1: true,
+        patient: PatientSpec { study_date: "20260101".into(), ..PatientSpec::new("TEST^CR", "UI-2", "ui-cr") },
+        ..RadiographSpec::chest("ui-cr", 256)
+    };
+    synth::write_radiograph(&src.join("cr/1.dcm"), &cr).unwrap();
+    let mut store = Store::open(&root.join("store")).unwrap();
+    let cancel = AtomicBool::new(false);
+    pacs::import::import_paths(&mut store, &[src], &Default::default(), &|_| {}, &cancel).unwrap();
+    let studies = store.studies(&StudyQuery::default()).unwrap();
+    let uid_of = |modality: &str| {
+        let study = studies.iter().find(|s| s.modalities == modality).unwrap();
+        store.series(&study.study_uid).unwrap()[0].series_uid.clone()
+    };
+    (uid_of("CT"), uid_of("CR"))
+}
+
+fn harness(store_dir: &Path) -> Harness<'static, LucentApp> {
+    let dir = store_dir.to_path_buf();
+    Harness::builder()
+        .with_size(egui::vec2(860.0, 520.0))
+        .wgpu()
+        .build_eframe(move |cc| LucentApp::new(cc, dir, false).unwrap())
+}
+
+/// Steps the UI until `ready` holds (the loader works on its own threads).
+fn wait_until(h: &mut Harness<'static, LucentApp>, ready: impl Fn(&LucentApp) -> bool) {
+    let started = Instant::now();
+    while !ready(h.state()) {
+        assert!(started.elapsed() < Duration::from_secs(60), "timed out waiting for the UI");
+        h.step();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    h.run_steps(3);
+}
+
+fn open(h: &mut Harness<'static, LucentApp>, series_uid: &str) {
+    h.state_mut().layout = (1, 1);
+    h.state_mut().request_open(series_uid.to_owned(), 0);
+    wait_until(h, |app| {
+        app.viewports[0].series.as_ref().is_some_and(|s| s.decoded() == s.len())
+            && app.viewports[0].current_slice().is_some()
+    });
+}
+
+#[test]
+fn ct_slice_at_lung_and_mediastinal_windows() {
+    let root = tempfile::tempdir().unwrap();
+    let (ct, _) = sample_store(root.path());
+    let mut h = harness(&root.path().join("store"));
+    open(&mut h, &ct);
+    let slice = h.state().viewports[0].current_slice().unwrap();
+    assert_eq!(slice.transform.unit, "HU");
+    // The nodule's centre slice holds soft-tissue HU inside the lung.
+    assert!(h.state().viewports[0].series.as_ref().unwrap().len() == 16);
+
+    h.state_mut().viewports[0].window = Some(Window::new(-600.0, 1500.0));
+    h.run_steps(3);
+    h.snapshot("ct_lung_window");
+    h.state_mut().viewports[0].window = Some(Window::new(40.0, 350.0));
+    h.run_steps(3);
+    h.snapshot("ct_mediastinal_window");
+}
+
+#[test]
+fn monochrome1_radiograph_is_shown_inverted() {
+    let root = tempfile::tempdir().unwrap();
+    let (_, cr) = sample_store(root.path());
+    let mut h = harness(&root.path().join("store"));
+    open(&mut h, &cr);
+    let slice = h.state().viewports[0].current_slice().unwrap();
+    assert_eq!(slice.info.photometric_interpretation, "MONOCHROME1");
+    assert!(slice.transform.inverts_for_display());
+    h.snapshot("cr_monochrome1");
+}
+
+#[test]
+fn korean_ui() {
+    let root = tempfile::tempdir().unwrap();
+    let (ct, _) = sample_store(root.path());
+    let mut h = harness(&root.path().join("store"));
+    h.state_mut().lang = Lang::Ko;
+    open(&mut h, &ct);
+    wait_until(&mut h, |app| app.browser.studies.len() == 2);
+    assert!(h.query_by_label("검사 목록").is_some(), "the browser heading is in Korean");
+    assert!(h.query_by_label("반전").is_some(), "the invert button is in Korean");
+    h.snapshot("korean_ui");
+}
