@@ -114,3 +114,24 @@ fn korean_ui() {
     assert!(h.query_by_label("반전").is_some(), "the invert button is in Korean");
     h.snapshot("korean_ui");
 }
+
+#[test]
+fn mpr_triple_with_a_thick_slab() {
+    let root = tempfile::tempdir().unwrap();
+    let (ct, _) = sample_store(root.path());
+    let mut h = harness(&root.path().join("store"));
+    open(&mut h, &ct);
+    h.state_mut().open_mpr();
+    wait_until(&mut h, |app| app.viewports.iter().all(|v| v.mpr_image.is_some()));
+    let planes: Vec<_> = h.state().viewports.iter().map(|v| v.mpr.unwrap().plane).collect();
+    use lucent_app::gui::mpr::Plane;
+    assert_eq!(planes, vec![Plane::Axial, Plane::Coronal, Plane::Sagittal, Plane::Axial]);
+    let coronal = h.state().viewports[1].current_slice().unwrap();
+    assert_eq!((coronal.width, coronal.height), (160, 16));
+    assert_eq!(h.state().viewports[3].mpr.unwrap().slab_mm, 10.0);
+    for vp in &mut h.state_mut().viewports {
+        vp.window = Some(Window::new(-600.0, 1500.0));
+    }
+    h.run_steps(3);
+    h.snapshot("mpr_triple");
+}

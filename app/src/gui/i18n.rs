@@ -50,6 +50,12 @@ const KO: &[(&str, &str)] = &[
     ("Zoom", "확대"),
     ("Thickness", "두께"),
     ("Demo", "데모"),
+    ("Axial", "축상면"),
+    ("Coronal", "관상면"),
+    ("Sagittal", "시상면"),
+    ("Plane", "단면"),
+    ("Slab", "슬랩"),
+    ("Stack", "원본 스택"),
 ];
 
 impl Lang {

@@ -132,6 +132,22 @@ pub struct SeriesData {
 }
 
 impl SeriesData {
+    /// A series whose slices are all decoded already (tests, exports).
+    pub fn from_decoded(series_uid: String, plan: StackPlan, slices: Vec<SliceImage>) -> Self {
+        let n = slices.len();
+        let slots: Vec<OnceLock<Arc<SliceImage>>> = slices.into_iter().map(|s| OnceLock::from(Arc::new(s))).collect();
+        Self {
+            id: NEXT_SERIES_ID.fetch_add(1, Ordering::Relaxed),
+            series_uid,
+            plan,
+            slots,
+            decoded: AtomicUsize::new(n),
+            errors: Mutex::new(Vec::new()),
+            wanted: AtomicUsize::new(0),
+            cancel: AtomicBool::new(false),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.slots.len()
     }

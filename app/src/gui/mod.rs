@@ -8,6 +8,7 @@ pub mod bridge;
 pub mod browser;
 pub mod i18n;
 pub mod loader;
+pub mod mpr;
 pub mod viewport;
 
 use std::path::PathBuf;
@@ -21,6 +22,7 @@ use crate::cli::Cli;
 use browser::{Browser, StoreReply, StoreRequest, StoreWorker};
 use i18n::Lang;
 use loader::{LoadRequest, Loader, LoaderEvent, Thumbnailer};
+use mpr::{MprRequest, MprSpec, MprWorker, Plane, SlabMode};
 use viewport::{Viewport, presets_for, viewport_ui};
 
 /// Opens the workstation window.
@@ -104,6 +106,9 @@ pub struct LucentApp {
     /// Studies whose first series should open in a viewport once their series list arrives.
     pending_first_series: Vec<(String, usize)>,
     first_series_lists: Vec<(String, Vec<pacs::store::SeriesRow>)>,
+    mpr: MprWorker,
+    /// The linked crosshair: (series load id, voxel).
+    pub crosshair: Option<(u64, [usize; 3])>,
 }
 
 impl LucentApp {
@@ -117,6 +122,7 @@ impl LucentApp {
         let store = StoreWorker::start(store_dir.clone(), repaint.clone())?;
         let loader = Loader::start(repaint.clone())?;
         let thumbs = Thumbnailer::start(repaint.clone())?;
+        let mpr = MprWorker::start(repaint.clone())?;
         let mut app = Self {
             lang: Lang::En,
             browser: Browser { dirty: true, ..Default::default() },
@@ -134,6 +140,8 @@ impl LucentApp {
             auto_open: demo,
             pending_first_series: Vec::new(),
             first_series_lists: Vec::new(),
+            mpr,
+            crosshair: None,
         };
         if demo {
             let (tx, rx) = crossbeam_channel::bounded(1);
@@ -211,6 +219,11 @@ impl LucentApp {
                 LoaderEvent::Failed { message, .. } => self.status = format!("Cannot open the series: {message}"),
             }
         }
+        while let Ok((viewport, image)) = self.mpr.done.try_recv() {
+            if let Some(vp) = self.viewports.get_mut(viewport) {
+                vp.mpr_image = Some(image);
+            }
+        }
         while let Ok(thumb) = self.thumbs.done.try_recv() {
             let texture = thumb
                 .image
@@ -246,6 +259,35 @@ impl LucentApp {
                 self.request_open(first.series_uid.clone(), viewport);
             }
         }
+    }
+
+    /// 2x2 MPR of the active viewport's series: axial, coronal, sagittal and a 10 mm axial MIP,
+    /// with linked crosshairs at the current slice's centre.
+    pub fn open_mpr(&mut self) {
+        let Some(series) = self.viewports.get(self.active).and_then(|v| v.series.clone()) else { return };
+        if series.len() < 2 {
+            self.status = "MPR needs a stack of slices".into();
+            return;
+        }
+        let g = mpr::Geometry::of(&series);
+        let k = self.viewports[self.active].slice;
+        let centre = [g.dims[0] / 2, g.dims[1] / 2, k];
+        let views = [
+            (Plane::Axial, 0.0, SlabMode::Mip),
+            (Plane::Coronal, 0.0, SlabMode::Mip),
+            (Plane::Sagittal, 0.0, SlabMode::Mip),
+            (Plane::Axial, 10.0, SlabMode::Mip),
+        ];
+        for (i, (plane, slab_mm, mode)) in views.into_iter().enumerate() {
+            let vp = &mut self.viewports[i];
+            if vp.series.as_ref().map(|s| s.id) != Some(series.id) {
+                vp.set_series(series.clone());
+            }
+            vp.mpr = Some(MprSpec { plane, index: centre[plane.normal_axis()], slab_mm, mode });
+        }
+        self.layout = (2, 2);
+        self.fullscreen = None;
+        self.crosshair = Some((series.id, centre));
     }
 
     fn handle_keys(&mut self, ctx: &egui::Context) {
@@ -349,6 +391,30 @@ impl LucentApp {
                 }
                 ui.toggle_value(&mut vp.cine, lang.tr("Cine"));
                 ui.add(egui::DragValue::new(&mut vp.cine_fps).range(1.0..=60.0).suffix(" fps"));
+                ui.separator();
+                if let Some(spec) = &mut vp.mpr {
+                    egui::ComboBox::from_label(lang.tr("Plane")).selected_text(lang.tr(spec.plane.label())).show_ui(
+                        ui,
+                        |ui| {
+                            for plane in [Plane::Axial, Plane::Coronal, Plane::Sagittal] {
+                                ui.selectable_value(&mut spec.plane, plane, lang.tr(plane.label()));
+                            }
+                        },
+                    );
+                    egui::ComboBox::from_label(lang.tr("Slab")).selected_text(spec.mode.label()).show_ui(ui, |ui| {
+                        for mode in [SlabMode::Mip, SlabMode::MinIp, SlabMode::Mean] {
+                            ui.selectable_value(&mut spec.mode, mode, mode.label());
+                        }
+                    });
+                    ui.add(egui::DragValue::new(&mut spec.slab_mm).range(0.0..=100.0).speed(0.5).suffix(" mm"));
+                    if ui.button(lang.tr("Stack")).clicked() {
+                        vp.mpr = None;
+                        vp.mpr_image = None;
+                    }
+                }
+            }
+            if ui.button("MPR").clicked() {
+                self.open_mpr();
             }
             ui.separator();
             egui::ComboBox::from_label(lang.tr("Language")).selected_text(self.lang.label()).show_ui(ui, |ui| {
@@ -417,7 +483,22 @@ impl eframe::App for LucentApp {
             };
             for (i, rect) in cells {
                 let active = i == self.active;
-                let out = viewport_ui(ui, rect, &mut self.viewports[i], active, lang);
+                let out = viewport_ui(ui, rect, &mut self.viewports[i], active, self.crosshair, lang);
+                if let Some(spec) = out.mpr_request
+                    && let Some(series) = self.viewports[i].series.clone()
+                {
+                    self.mpr.request(MprRequest { viewport: i, series, spec });
+                }
+                if let Some(voxel) = out.crosshair
+                    && let Some(series_id) = self.viewports[i].series.as_ref().map(|s| s.id)
+                {
+                    self.crosshair = Some((series_id, voxel));
+                    for (j, vp) in self.viewports.iter_mut().enumerate() {
+                        if j != i && vp.series.as_ref().is_some_and(|s| s.id == series_id) {
+                            vp.follow_crosshair(voxel);
+                        }
+                    }
+                }
                 if out.clicked {
                     self.active = i;
                 }

@@ -13,6 +13,7 @@ use render::{ImageParams, ViewTransform};
 use super::bridge::SliceCallback;
 use super::i18n::Lang;
 use super::loader::{SeriesData, SliceImage};
+use super::mpr::{Geometry, MprImage, MprSpec, Plane};
 
 /// A named window preset.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,6 +72,11 @@ pub struct Viewport {
     cine_clock: f64,
     /// Pointer position over the image (pixel coordinates), for the value readout.
     hover_pixel: Option<[f32; 2]>,
+    /// Multiplanar reformat instead of the native stack.
+    pub mpr: Option<MprSpec>,
+    /// The last reformatted image received for this viewport.
+    pub mpr_image: Option<MprImage>,
+    mpr_requested: Option<(u64, MprSpec)>,
 }
 
 impl Viewport {
@@ -91,14 +97,55 @@ impl Viewport {
             cine_fps: 10.0,
             cine_clock: 0.0,
             hover_pixel: None,
+            mpr: None,
+            mpr_image: None,
+            mpr_requested: None,
+        }
+    }
+
+    /// Positions along the current scroll axis (slices, or the MPR plane's normal).
+    fn depth(&self) -> usize {
+        match (&self.series, self.mpr) {
+            (Some(s), Some(spec)) => Geometry::of(s).depth(spec.plane),
+            (Some(s), None) => s.len(),
+            (None, _) => 0,
+        }
+    }
+
+    /// The voxel (i, j, k) at image pixel `p` of what is on screen.
+    pub fn voxel_at(&self, p: [f32; 2]) -> Option<[usize; 3]> {
+        let series = self.series.as_ref()?;
+        let [ni, nj, nk] = Geometry::of(series).dims;
+        let (x, y) = (p[0].max(0.0) as usize, p[1].max(0.0) as usize);
+        let v = match self.mpr.map(|m| (m.plane, m.index)) {
+            None => [x, y, self.slice],
+            Some((Plane::Axial, k)) => [x, y, k],
+            Some((Plane::Coronal, j)) => [x, j, (nk - 1).saturating_sub(y)],
+            Some((Plane::Sagittal, i)) => [i, x, (nk - 1).saturating_sub(y)],
+        };
+        (v[0] < ni && v[1] < nj && v[2] < nk).then_some(v)
+    }
+
+    /// Moves this view to the crosshair voxel along its scroll axis.
+    pub fn follow_crosshair(&mut self, voxel: [usize; 3]) {
+        match &mut self.mpr {
+            Some(spec) => spec.index = voxel[spec.plane.normal_axis()],
+            None => self.set_slice(voxel[2]),
         }
     }
 
     /// Shows `series`, starting at its middle slice.
     pub fn set_series(&mut self, series: Arc<SeriesData>) {
-        if let Some(old) = self.series.take() {
+        if let Some(old) = self.series.take()
+            && old.id != series.id
+            && Arc::strong_count(&old) <= 2
+        {
+            // No other viewport shows it: stop decoding it.
             old.cancel.store(true, Ordering::Relaxed);
         }
+        self.mpr = None;
+        self.mpr_image = None;
+        self.mpr_requested = None;
         self.slice = series.len() / 2;
         series.want(self.slice);
         self.series = Some(series);
@@ -122,14 +169,22 @@ impl Viewport {
     }
 
     pub fn scroll_by(&mut self, delta: i64) {
-        let n = self.slice_count();
+        let n = self.depth();
         if n == 0 {
             return;
         }
-        self.set_slice((self.slice as i64 + delta).clamp(0, n as i64 - 1) as usize);
+        match &mut self.mpr {
+            Some(spec) => spec.index = (spec.index as i64 + delta).clamp(0, n as i64 - 1) as usize,
+            None => self.set_slice((self.slice as i64 + delta).clamp(0, n as i64 - 1) as usize),
+        }
     }
 
     pub fn set_slice(&mut self, index: usize) {
+        if let Some(spec) = &mut self.mpr {
+            spec.index =
+                index.min(self.series.as_ref().map_or(0, |s| Geometry::of(s).depth(spec.plane)).saturating_sub(1));
+            return;
+        }
         self.slice = index.min(self.slice_count().saturating_sub(1));
         if let Some(s) = &self.series {
             s.want(self.slice);
@@ -137,6 +192,9 @@ impl Viewport {
     }
 
     pub fn current_slice(&self) -> Option<Arc<SliceImage>> {
+        if self.mpr.is_some() {
+            return self.mpr_image.as_ref().map(|m| m.image.clone());
+        }
         self.series.as_ref()?.slice(self.slice)
     }
 
@@ -222,10 +280,21 @@ pub struct ViewportOutput {
     pub double_clicked: bool,
     /// A series UID dropped from the browser.
     pub dropped_series: Option<String>,
+    /// A reformat to compute.
+    pub mpr_request: Option<MprSpec>,
+    /// Shift+click: move the linked crosshair to this voxel.
+    pub crosshair: Option<[usize; 3]>,
 }
 
 /// Draws a viewport in `rect` and handles its input.
-pub fn viewport_ui(ui: &mut egui::Ui, rect: Rect, vp: &mut Viewport, active: bool, lang: Lang) -> ViewportOutput {
+pub fn viewport_ui(
+    ui: &mut egui::Ui,
+    rect: Rect,
+    vp: &mut Viewport,
+    active: bool,
+    crosshair: Option<(u64, [usize; 3])>,
+    lang: Lang,
+) -> ViewportOutput {
     let mut out = ViewportOutput::default();
     let response = ui.allocate_rect(rect, Sense::click_and_drag());
     let painter = ui.painter_at(rect);
@@ -248,14 +317,30 @@ pub fn viewport_ui(ui: &mut egui::Ui, rect: Rect, vp: &mut Viewport, active: boo
         draw_border(&painter, rect, active);
         return out;
     };
-    let slice = series.slice(vp.slice).or_else(|| nearest_decoded(&series, vp.slice));
+    let slice = match vp.mpr {
+        Some(spec) => {
+            let fresh = vp.mpr_image.as_ref().is_some_and(|m| m.spec == spec && m.series_id == series.id);
+            if !fresh && vp.mpr_requested != Some((series.id, spec)) && series.decoded() == series.len() {
+                vp.mpr_requested = Some((series.id, spec));
+                out.mpr_request = Some(spec);
+            }
+            vp.mpr_image.as_ref().filter(|m| m.series_id == series.id).map(|m| m.image.clone())
+        }
+        None => series.slice(vp.slice).or_else(|| nearest_decoded(&series, vp.slice)),
+    };
     let rect_px = rect.size() * ppp;
 
     // Input: left drag W/L, middle drag pan, right drag zoom, wheel scroll, Ctrl+wheel zoom about the cursor.
     if let Some(slice) = &slice {
         let transform = vp.view_transform(slice, rect_px);
         let delta = response.drag_delta();
-        if response.dragged_by(PointerButton::Primary) && !slice.is_colour() {
+        let shift = ui.input(|i| i.modifiers.shift);
+        if shift && (response.clicked() || response.dragged_by(PointerButton::Primary)) {
+            if let Some(p) = response.interact_pointer_pos() {
+                let offset = (p - rect.center()) * ppp;
+                out.crosshair = vp.voxel_at(transform.screen_to_image([offset.x, offset.y]));
+            }
+        } else if response.dragged_by(PointerButton::Primary) && !slice.is_colour() {
             let mut w = vp.effective_window(slice);
             let step = (w.width.abs() * 0.004).max(0.01);
             w.width = (w.width + f64::from(delta.x) * step).max(1.0);
@@ -315,11 +400,19 @@ pub fn viewport_ui(ui: &mut egui::Ui, rect: Rect, vp: &mut Viewport, active: boo
             smooth: vp.smooth,
             padding_range: slice.transform.padding.map(|(a, b)| (a as f32, b as f32)),
         };
-        let index = series.slice(vp.slice).map_or_else(|| nearest_index(&series, vp.slice), |_| vp.slice);
+        let key = match (&vp.mpr_image, vp.mpr) {
+            (Some(m), Some(_)) => (m.id, 0),
+            _ => (series.id, series.slice(vp.slice).map_or_else(|| nearest_index(&series, vp.slice), |_| vp.slice)),
+        };
         painter.add(egui_wgpu::Callback::new_paint_callback(
             rect,
-            SliceCallback { viewport_id: vp.id, key: (series.id, index), slice: slice.clone(), params },
+            SliceCallback { viewport_id: vp.id, key, slice: slice.clone(), params },
         ));
+        if let Some((series_id, voxel)) = crosshair
+            && series_id == series.id
+        {
+            crosshair_lines(&painter, rect, vp, &series, &transform, voxel, ppp);
+        }
         overlays(&painter, rect, vp, &series, slice, &transform, window, ppp, lang);
     } else {
         painter.text(
@@ -408,12 +501,25 @@ fn overlays(
     let mut bottom_left = vec![
         if slice.is_colour() { String::new() } else { format!("W {:.0}  L {:.0}", window.width, window.center) },
         format!("{} {:.0}%", lang.tr("Zoom"), transform.zoom * 100.0),
-        format!("{} {}/{}", lang.tr("Slice"), vp.slice + 1, n),
     ];
-    if n > 1
-        && let Some(z) = series.plan.slice_positions_mm.get(vp.slice)
-    {
-        bottom_left.push(format!("{z:.1} mm"));
+    match vp.mpr {
+        Some(spec) => {
+            let depth = Geometry::of(series).depth(spec.plane);
+            let slab = if spec.slab_mm > 0.0 {
+                format!("  {} {:.1} mm", spec.mode.label(), spec.slab_mm)
+            } else {
+                String::new()
+            };
+            bottom_left.push(format!("{} {}/{}{slab}", lang.tr(spec.plane.label()), spec.index + 1, depth));
+        }
+        None => {
+            bottom_left.push(format!("{} {}/{}", lang.tr("Slice"), vp.slice + 1, n));
+            if n > 1
+                && let Some(z) = series.plan.slice_positions_mm.get(vp.slice)
+            {
+                bottom_left.push(format!("{z:.1} mm"));
+            }
+        }
     }
     if let Some(t) = info.slice_thickness_mm {
         bottom_left.push(format!("{} {t:.2} mm", lang.tr("Thickness")));
@@ -521,6 +627,34 @@ fn overlays(
             colour,
         );
     }
+}
+
+/// Lines where the other two planes cross this view, at the linked crosshair.
+fn crosshair_lines(
+    painter: &egui::Painter,
+    rect: Rect,
+    vp: &Viewport,
+    series: &SeriesData,
+    transform: &ViewTransform,
+    voxel: [usize; 3],
+    ppp: f32,
+) {
+    let [_, _, nk] = Geometry::of(series).dims;
+    let flip = |k: usize| (nk - 1 - k.min(nk - 1)) as f32 + 0.5;
+    // (x, y) of the crosshair in this view's image pixels.
+    let (x, y) = match vp.mpr.map(|m| m.plane) {
+        None | Some(Plane::Axial) => (voxel[0] as f32 + 0.5, voxel[1] as f32 + 0.5),
+        Some(Plane::Coronal) => (voxel[0] as f32 + 0.5, flip(voxel[2])),
+        Some(Plane::Sagittal) => (voxel[1] as f32 + 0.5, flip(voxel[2])),
+    };
+    let to_screen = |p: [f32; 2]| {
+        let s = transform.image_to_screen(p);
+        rect.center() + Vec2::new(s[0], s[1]) / ppp
+    };
+    let size = transform.image_size;
+    let stroke = Stroke::new(1.0, Color32::from_rgba_unmultiplied(80, 200, 255, 160));
+    painter.line_segment([to_screen([x, 0.0]), to_screen([x, size[1]])], stroke);
+    painter.line_segment([to_screen([0.0, y]), to_screen([size[0], y])], stroke);
 }
 
 /// Overlay text with a dark outline, readable on any part of the image.
