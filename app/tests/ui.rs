@@ -135,3 +135,65 @@ fn mpr_triple_with_a_thick_slab() {
     h.run_steps(3);
     h.snapshot("mpr_triple");
 }
+
+#[test]
+fn measurements_are_drawn_computed_and_kept_in_the_store() {
+    use lucent_app::gui::measure::Tool;
+    let root = tempfile::tempdir().unwrap();
+    let (ct, _) = sample_store(root.path());
+    let store_dir = root.path().join("store");
+    let mut h = harness(&store_dir);
+    open(&mut h, &ct);
+    let slice = h.state().viewports[0].current_slice().unwrap();
+    let study = slice.info.study_instance_uid.clone();
+    wait_until(&mut h, |app| app.measurements.contains_key(&study));
+
+    // Draw a length with the mouse across the middle of the viewport.
+    h.state_mut().tool = Tool::Length;
+    let (a, b) = (egui::pos2(520.0, 330.0), egui::pos2(640.0, 330.0));
+    h.hover_at(a);
+    h.step();
+    h.drag_at(a);
+    h.step();
+    for t in 1..=6 {
+        h.hover_at(a + (b - a) * (t as f32 / 6.0));
+        h.step();
+    }
+    h.drop_at(b);
+    h.run_steps(3);
+    let items = h.state().measurements[&study].items.clone();
+    assert_eq!(items.len(), 1, "one length drawn");
+    assert_eq!(items[0].kind, "length");
+    let (mm, calibrated) = lucent_app::gui::measure::length(&slice, items[0].points[0], items[0].points[1]);
+    assert_eq!(calibrated, Some(true));
+    assert!(mm > 20.0, "a 120-point drag spans {mm} mm");
+
+    // An ellipse ROI inside the 14 mm solid nodule (centre pixel 112, 70.9 on this slice): soft tissue HU.
+    let nodule = pacs::store::MeasurementRecord {
+        series_uid: slice.info.series_instance_uid.clone(),
+        sop_uid: slice.info.sop_instance_uid.clone(),
+        frame: 0,
+        kind: "ellipse".into(),
+        points: vec![[110.0, 68.9], [114.0, 72.9]],
+    };
+    let stats = lucent_app::gui::measure::roi_stats(&slice, true, nodule.points[0], nodule.points[1]).unwrap();
+    assert!((stats.mean - 30.0).abs() < 6.0, "nodule mean {} HU", stats.mean);
+    h.state_mut().measurements.get_mut(&study).unwrap().add(nodule);
+    h.state_mut().tool = Tool::WindowLevel;
+    h.state_mut().viewports[0].window = Some(Window::new(40.0, 350.0));
+    h.run_steps(3);
+    h.snapshot("measurements");
+
+    // Saved by the store thread.
+    let started = Instant::now();
+    loop {
+        let kept = Store::open(&store_dir).unwrap().measurements(&study).unwrap();
+        if kept.len() == 2 {
+            assert_eq!(kept[1].kind, "ellipse");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "measurements were not saved");
+        h.step();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

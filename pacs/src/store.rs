@@ -55,6 +55,16 @@ CREATE TABLE IF NOT EXISTS instances (
     columns      INTEGER NOT NULL DEFAULT 0,
     frames       INTEGER NOT NULL DEFAULT 1
 );
+CREATE TABLE IF NOT EXISTS measurements (
+    id           INTEGER PRIMARY KEY,
+    study_uid    TEXT NOT NULL,
+    series_uid   TEXT NOT NULL,
+    sop_uid      TEXT NOT NULL,
+    frame        INTEGER NOT NULL DEFAULT 0,
+    kind         TEXT NOT NULL,
+    points_json  TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS measurements_by_study ON measurements(study_uid);
 CREATE INDEX IF NOT EXISTS studies_by_patient ON studies(patient_key);
 CREATE INDEX IF NOT EXISTS studies_by_date ON studies(study_date);
 CREATE INDEX IF NOT EXISTS series_by_study ON series(study_uid);
@@ -127,6 +137,18 @@ pub struct InstanceRow {
     pub transfer_syntax: String,
     pub path: PathBuf,
     pub size_bytes: u64,
+}
+
+/// A measurement drawn on an image, as kept in the store (image pixel coordinates).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct MeasurementRecord {
+    pub series_uid: String,
+    pub sop_uid: String,
+    pub frame: u32,
+    /// "length", "angle", "ellipse" or "rectangle".
+    pub kind: String,
+    /// Control points (x, y) in image pixels.
+    pub points: Vec<[f64; 2]>,
 }
 
 /// Totals of the store.
@@ -428,6 +450,49 @@ impl Store {
     /// File paths of a series.
     pub fn series_paths(&self, series_uid: &str) -> Result<Vec<PathBuf>> {
         Ok(self.instances(series_uid)?.into_iter().map(|i| i.path).collect())
+    }
+
+    /// Replaces the measurements kept for a study.
+    pub fn save_measurements(&mut self, study_uid: &str, records: &[MeasurementRecord]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM measurements WHERE study_uid = ?1", [study_uid])?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO measurements (study_uid, series_uid, sop_uid, frame, kind, points_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for r in records {
+                let points =
+                    serde_json::to_string(&r.points).map_err(|e| Error::invalid("measurement", e.to_string()))?;
+                insert.execute(params![study_uid, r.series_uid, r.sop_uid, r.frame, r.kind, points])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The measurements kept for a study, in the order they were saved.
+    pub fn measurements(&self, study_uid: &str) -> Result<Vec<MeasurementRecord>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT series_uid, sop_uid, frame, kind, points_json FROM measurements WHERE study_uid = ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map([study_uid], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, u32>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (series_uid, sop_uid, frame, kind, points) = row?;
+            // A row that does not parse is skipped rather than failing the whole study.
+            if let Ok(points) = serde_json::from_str(&points) {
+                out.push(MeasurementRecord { series_uid, sop_uid, frame, kind, points });
+            }
+        }
+        Ok(out)
     }
 
     /// Checks that the index and the files agree. Reads every header: use on demand, not at start-up.

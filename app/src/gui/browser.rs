@@ -21,13 +21,32 @@ pub enum StoreRequest {
         viewport: usize,
     },
     Reopen(PathBuf),
+    LoadMeasurements(String),
+    SaveMeasurements {
+        study_uid: String,
+        items: Vec<pacs::store::MeasurementRecord>,
+    },
 }
 
 /// Replies from the store thread.
 pub enum StoreReply {
     Studies(Vec<StudyRow>),
-    Series { study_uid: String, series: Vec<SeriesRow>, first_paths: Vec<(String, PathBuf)> },
-    Open { series_uid: String, viewport: usize, paths: Vec<PathBuf> },
+    Series {
+        study_uid: String,
+        series: Vec<SeriesRow>,
+        first_paths: Vec<(String, PathBuf)>,
+    },
+    Open {
+        series_uid: String,
+        viewport: usize,
+        paths: Vec<PathBuf>,
+    },
+    Measurements {
+        study_uid: String,
+        items: Vec<pacs::store::MeasurementRecord>,
+    },
+    /// Nothing to report.
+    Done,
     Error(String),
 }
 
@@ -60,8 +79,11 @@ impl StoreWorker {
                         }
                     }
                 }
-                let Some(s) = &store else { continue };
+                let Some(s) = &mut store else { continue };
                 let reply = answer(s, request).unwrap_or_else(|e| StoreReply::Error(e.to_string()));
+                if matches!(reply, StoreReply::Done) {
+                    continue;
+                }
                 if tx.send(reply).is_err() {
                     break;
                 }
@@ -77,7 +99,7 @@ impl StoreWorker {
     }
 }
 
-fn answer(store: &Store, request: StoreRequest) -> pacs::Result<StoreReply> {
+fn answer(store: &mut Store, request: StoreRequest) -> pacs::Result<StoreReply> {
     Ok(match request {
         StoreRequest::Studies(q) => StoreReply::Studies(store.studies(&q)?),
         StoreRequest::Series(study_uid) => {
@@ -94,6 +116,14 @@ fn answer(store: &Store, request: StoreRequest) -> pacs::Result<StoreReply> {
         StoreRequest::Open { series_uid, viewport } => {
             let paths = store.series_paths(&series_uid)?;
             StoreReply::Open { series_uid, viewport, paths }
+        }
+        StoreRequest::LoadMeasurements(study_uid) => {
+            let items = store.measurements(&study_uid)?;
+            StoreReply::Measurements { study_uid, items }
+        }
+        StoreRequest::SaveMeasurements { study_uid, items } => {
+            store.save_measurements(&study_uid, &items)?;
+            StoreReply::Done
         }
         StoreRequest::Reopen(_) => StoreReply::Error("internal: reopen is handled by the worker".into()),
     })

@@ -56,6 +56,12 @@ const KO: &[(&str, &str)] = &[
     ("Plane", "단면"),
     ("Slab", "슬랩"),
     ("Stack", "원본 스택"),
+    ("W/L", "W/L"),
+    ("Select", "선택"),
+    ("Length", "길이"),
+    ("Angle", "각도"),
+    ("Ellipse", "타원 ROI"),
+    ("Rectangle", "사각 ROI"),
 ];
 
 impl Lang {

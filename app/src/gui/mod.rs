@@ -8,6 +8,7 @@ pub mod bridge;
 pub mod browser;
 pub mod i18n;
 pub mod loader;
+pub mod measure;
 pub mod mpr;
 pub mod viewport;
 
@@ -22,6 +23,7 @@ use crate::cli::Cli;
 use browser::{Browser, StoreReply, StoreRequest, StoreWorker};
 use i18n::Lang;
 use loader::{LoadRequest, Loader, LoaderEvent, Thumbnailer};
+use measure::{Measurements, Tool};
 use mpr::{MprRequest, MprSpec, MprWorker, Plane, SlabMode};
 use viewport::{Viewport, presets_for, viewport_ui};
 
@@ -109,6 +111,9 @@ pub struct LucentApp {
     mpr: MprWorker,
     /// The linked crosshair: (series load id, voxel).
     pub crosshair: Option<(u64, [usize; 3])>,
+    pub tool: Tool,
+    /// Measurements per study UID (loaded from the store when a study is first shown).
+    pub measurements: std::collections::HashMap<String, Measurements>,
 }
 
 impl LucentApp {
@@ -142,6 +147,8 @@ impl LucentApp {
             first_series_lists: Vec::new(),
             mpr,
             crosshair: None,
+            tool: Tool::WindowLevel,
+            measurements: std::collections::HashMap::new(),
         };
         if demo {
             let (tx, rx) = crossbeam_channel::bounded(1);
@@ -206,6 +213,10 @@ impl LucentApp {
                         self.status = e;
                     }
                 }
+                StoreReply::Measurements { study_uid, items } => {
+                    self.measurements.insert(study_uid.clone(), Measurements::load(study_uid, items));
+                }
+                StoreReply::Done => {}
                 StoreReply::Error(e) => self.status = e,
             }
         }
@@ -261,6 +272,31 @@ impl LucentApp {
         }
     }
 
+    /// Loads the measurements of studies on screen and saves changed ones.
+    fn sync_measurements(&mut self) {
+        for vp in &self.viewports {
+            if let Some(slice) = vp.series.as_ref().and_then(|s| s.any_slice()) {
+                let study = slice.info.study_instance_uid.clone();
+                if !self.measurements.contains_key(&study) {
+                    self.measurements.insert(study.clone(), Measurements::load(study.clone(), Vec::new()));
+                    self.store.send(StoreRequest::LoadMeasurements(study));
+                }
+            }
+        }
+        for ms in self.measurements.values_mut() {
+            if ms.dirty {
+                ms.dirty = false;
+                self.store
+                    .send(StoreRequest::SaveMeasurements { study_uid: ms.study_uid.clone(), items: ms.items.clone() });
+            }
+        }
+    }
+
+    /// The measurements of the study shown in viewport `i`.
+    fn viewport_study(&self, i: usize) -> Option<String> {
+        self.viewports[i].series.as_ref()?.any_slice().map(|s| s.info.study_instance_uid.clone())
+    }
+
     /// 2x2 MPR of the active viewport's series: axial, coronal, sagittal and a 10 mm axial MIP,
     /// with linked crosshairs at the current slice's centre.
     pub fn open_mpr(&mut self) {
@@ -293,6 +329,18 @@ impl LucentApp {
     fn handle_keys(&mut self, ctx: &egui::Context) {
         if ctx.egui_wants_keyboard_input() {
             return;
+        }
+        let (delete, undo) = ctx.input(|i| {
+            (i.key_pressed(Key::Delete) || i.key_pressed(Key::Backspace), i.modifiers.command && i.key_pressed(Key::Z))
+        });
+        if let Some(ms) = self.viewport_study(self.active).and_then(|s| self.measurements.get_mut(&s)) {
+            if delete {
+                ms.delete_selected();
+            }
+            if undo {
+                ms.undo();
+                return;
+            }
         }
         let pressed: Vec<Action> =
             ctx.input(|i| self.keys.0.iter().filter(|(_, k)| i.key_pressed(*k)).map(|(a, _)| *a).collect());
@@ -336,6 +384,8 @@ impl LucentApp {
                 Action::Fullscreen => self.fullscreen = if self.fullscreen.is_some() { None } else { Some(active) },
                 Action::Cancel => {
                     vp.cine = false;
+                    vp.drawing.clear();
+                    self.tool = Tool::WindowLevel;
                     self.fullscreen = None;
                 }
             }
@@ -417,6 +467,15 @@ impl LucentApp {
                 self.open_mpr();
             }
             ui.separator();
+            for tool in [Tool::WindowLevel, Tool::Select, Tool::Length, Tool::Angle, Tool::Ellipse, Tool::Rectangle] {
+                if ui.selectable_label(self.tool == tool, lang.tr(tool.label())).clicked() {
+                    self.tool = tool;
+                    for vp in &mut self.viewports {
+                        vp.drawing.clear();
+                    }
+                }
+            }
+            ui.separator();
             egui::ComboBox::from_label(lang.tr("Language")).selected_text(self.lang.label()).show_ui(ui, |ui| {
                 for l in [Lang::En, Lang::Ko] {
                     ui.selectable_value(&mut self.lang, l, l.label());
@@ -436,6 +495,7 @@ impl eframe::App for LucentApp {
             self.store.send(StoreRequest::Studies(self.browser.query()));
         }
         self.handle_keys(&ctx);
+        self.sync_measurements();
         let now = ctx.input(|i| i.time);
         let mut cine_running = false;
         for vp in &mut self.viewports {
@@ -483,7 +543,18 @@ impl eframe::App for LucentApp {
             };
             for (i, rect) in cells {
                 let active = i == self.active;
-                let out = viewport_ui(ui, rect, &mut self.viewports[i], active, self.crosshair, lang);
+                let study = self.viewport_study(i);
+                let measurements = study.and_then(|s| self.measurements.get_mut(&s));
+                let out = viewport_ui(
+                    ui,
+                    rect,
+                    &mut self.viewports[i],
+                    active,
+                    self.crosshair,
+                    self.tool,
+                    measurements,
+                    lang,
+                );
                 if let Some(spec) = out.mpr_request
                     && let Some(series) = self.viewports[i].series.clone()
                 {

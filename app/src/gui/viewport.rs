@@ -13,7 +13,9 @@ use render::{ImageParams, ViewTransform};
 use super::bridge::SliceCallback;
 use super::i18n::Lang;
 use super::loader::{SeriesData, SliceImage};
+use super::measure::{self, Measurements, Tool};
 use super::mpr::{Geometry, MprImage, MprSpec, Plane};
+use pacs::store::MeasurementRecord;
 
 /// A named window preset.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,6 +79,10 @@ pub struct Viewport {
     /// The last reformatted image received for this viewport.
     pub mpr_image: Option<MprImage>,
     mpr_requested: Option<(u64, MprSpec)>,
+    /// Points of a measurement being drawn (image pixels).
+    pub drawing: Vec<[f64; 2]>,
+    /// A selected measurement being dragged.
+    dragging: Option<usize>,
 }
 
 impl Viewport {
@@ -100,6 +106,8 @@ impl Viewport {
             mpr: None,
             mpr_image: None,
             mpr_requested: None,
+            drawing: Vec::new(),
+            dragging: None,
         }
     }
 
@@ -293,6 +301,8 @@ pub fn viewport_ui(
     vp: &mut Viewport,
     active: bool,
     crosshair: Option<(u64, [usize; 3])>,
+    tool: Tool,
+    mut measurements: Option<&mut Measurements>,
     lang: Lang,
 ) -> ViewportOutput {
     let mut out = ViewportOutput::default();
@@ -335,7 +345,17 @@ pub fn viewport_ui(
         let transform = vp.view_transform(slice, rect_px);
         let delta = response.drag_delta();
         let shift = ui.input(|i| i.modifiers.shift);
-        if shift && (response.clicked() || response.dragged_by(PointerButton::Primary)) {
+        let pointer_image = response.interact_pointer_pos().map(|p| {
+            let offset = (p - rect.center()) * ppp;
+            let q = transform.screen_to_image([offset.x, offset.y]);
+            [f64::from(q[0]), f64::from(q[1])]
+        });
+        let measuring = vp.mpr.is_none() && tool != Tool::WindowLevel && !shift;
+        if measuring {
+            if let (Some(ms), Some(p)) = (measurements.as_deref_mut(), pointer_image) {
+                measure_input(&response, vp, slice, ms, tool, p, transform.zoom / ppp);
+            }
+        } else if shift && (response.clicked() || response.dragged_by(PointerButton::Primary)) {
             if let Some(p) = response.interact_pointer_pos() {
                 let offset = (p - rect.center()) * ppp;
                 out.crosshair = vp.voxel_at(transform.screen_to_image([offset.x, offset.y]));
@@ -412,6 +432,11 @@ pub fn viewport_ui(
             && series_id == series.id
         {
             crosshair_lines(&painter, rect, vp, &series, &transform, voxel, ppp);
+        }
+        if vp.mpr.is_none()
+            && let Some(ms) = measurements.as_deref()
+        {
+            draw_measurements(&painter, rect, vp, slice, ms, tool, &transform, ppp);
         }
         overlays(&painter, rect, vp, &series, slice, &transform, window, ppp, lang);
     } else {
@@ -626,6 +651,168 @@ fn overlays(
             FontId::proportional(11.0),
             colour,
         );
+    }
+}
+
+/// Left-button handling for the measuring tools and for selecting / moving measurements.
+fn measure_input(
+    response: &egui::Response,
+    vp: &mut Viewport,
+    slice: &SliceImage,
+    ms: &mut Measurements,
+    tool: Tool,
+    p: [f64; 2],
+    screen_px_per_image_px: f32,
+) {
+    let pick_radius = 8.0 / f64::from(screen_px_per_image_px.max(1e-3));
+    let on_slice = |m: &MeasurementRecord| m.sop_uid == slice.info.sop_instance_uid && m.frame == slice.frame_index;
+    match tool {
+        Tool::Select => {
+            if response.drag_started_by(PointerButton::Primary) || response.clicked() {
+                ms.selected = ms
+                    .items
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, m)| on_slice(m))
+                    .map(|(i, m)| (i, measure::distance_to(m, p)))
+                    .filter(|(_, d)| *d < pick_radius)
+                    .min_by(|a, b| a.1.total_cmp(&b.1))
+                    .map(|(i, _)| i);
+                vp.dragging = if response.drag_started_by(PointerButton::Primary) { ms.selected } else { None };
+                if let Some(i) = vp.dragging {
+                    ms.translate(i, [0.0, 0.0], true);
+                }
+            } else if response.dragged_by(PointerButton::Primary)
+                && let Some(i) = vp.dragging
+            {
+                let d = response.drag_delta() * response.ctx.pixels_per_point() / screen_px_per_image_px;
+                ms.translate(i, [f64::from(d.x), f64::from(d.y)], false);
+            }
+            if response.drag_stopped() {
+                vp.dragging = None;
+            }
+        }
+        Tool::Angle => {
+            if response.clicked() {
+                vp.drawing.push(p);
+                if vp.drawing.len() == 3 {
+                    finish_measurement(vp, slice, ms, tool);
+                }
+            }
+        }
+        _ => {
+            if response.drag_started_by(PointerButton::Primary) {
+                vp.drawing = vec![p, p];
+            } else if response.dragged_by(PointerButton::Primary) && vp.drawing.len() == 2 {
+                vp.drawing[1] = p;
+            }
+            if response.drag_stopped() && vp.drawing.len() == 2 {
+                finish_measurement(vp, slice, ms, tool);
+            }
+        }
+    }
+}
+
+fn finish_measurement(vp: &mut Viewport, slice: &SliceImage, ms: &mut Measurements, tool: Tool) {
+    let points = std::mem::take(&mut vp.drawing);
+    let degenerate = points.windows(2).all(|w| (w[0][0] - w[1][0]).abs() + (w[0][1] - w[1][1]).abs() < 0.5);
+    if let Some(kind) = tool.kind()
+        && points.len() == tool.points_needed()
+        && !degenerate
+    {
+        ms.add(MeasurementRecord {
+            series_uid: slice.info.series_instance_uid.clone(),
+            sop_uid: slice.info.sop_instance_uid.clone(),
+            frame: slice.frame_index,
+            kind: kind.to_owned(),
+            points,
+        });
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn draw_measurements(
+    painter: &egui::Painter,
+    rect: Rect,
+    vp: &Viewport,
+    slice: &SliceImage,
+    ms: &Measurements,
+    tool: Tool,
+    transform: &ViewTransform,
+    ppp: f32,
+) {
+    let to_screen = |p: [f64; 2]| {
+        let s = transform.image_to_screen([p[0] as f32, p[1] as f32]);
+        rect.center() + Vec2::new(s[0], s[1]) / ppp
+    };
+    let draw = |m: &MeasurementRecord, colour: Color32, with_label: bool| {
+        let stroke = Stroke::new(1.5, colour);
+        let pts: Vec<Pos2> = m.points.iter().map(|&p| to_screen(p)).collect();
+        match (m.kind.as_str(), pts.as_slice()) {
+            ("length", [a, b]) => {
+                painter.line_segment([*a, *b], stroke);
+            }
+            ("angle", [a, v, b]) => {
+                painter.line_segment([*a, *v], stroke);
+                painter.line_segment([*v, *b], stroke);
+            }
+            ("rectangle" | "ellipse", [_, _]) => {
+                let (a, b) = (m.points[0], m.points[1]);
+                let corners = [[a[0], a[1]], [b[0], a[1]], [b[0], b[1]], [a[0], b[1]]];
+                let outline: Vec<Pos2> = if m.kind == "rectangle" {
+                    corners.iter().map(|&c| to_screen(c)).collect()
+                } else {
+                    let (cx, cy, rx, ry) =
+                        ((a[0] + b[0]) / 2.0, (a[1] + b[1]) / 2.0, (b[0] - a[0]) / 2.0, (b[1] - a[1]) / 2.0);
+                    (0..64)
+                        .map(|t| {
+                            let th = f64::from(t) / 64.0 * std::f64::consts::TAU;
+                            to_screen([cx + rx * th.cos(), cy + ry * th.sin()])
+                        })
+                        .collect()
+                };
+                painter.add(egui::Shape::closed_line(outline, stroke));
+            }
+            _ => {}
+        }
+        for p in &pts {
+            painter.circle_filled(*p, 2.5, colour);
+        }
+        if with_label && let Some(anchor) = pts.iter().max_by(|a, b| a.x.total_cmp(&b.x)) {
+            shadowed_text(
+                painter,
+                *anchor + Vec2::new(8.0, 0.0),
+                Align2::LEFT_CENTER,
+                measure::label(slice, m),
+                FontId::proportional(12.0),
+                colour,
+            );
+        }
+    };
+    for (i, m) in ms.items.iter().enumerate() {
+        if m.sop_uid == slice.info.sop_instance_uid && m.frame == slice.frame_index {
+            let colour =
+                if ms.selected == Some(i) { Color32::from_rgb(255, 120, 60) } else { Color32::from_rgb(120, 255, 120) };
+            draw(m, colour, true);
+        }
+    }
+    if !vp.drawing.is_empty()
+        && let Some(kind) = tool.kind()
+    {
+        let mut pending = MeasurementRecord {
+            series_uid: String::new(),
+            sop_uid: String::new(),
+            frame: 0,
+            kind: kind.into(),
+            points: vp.drawing.clone(),
+        };
+        if tool == Tool::Angle && pending.points.len() < 3 {
+            pending.kind = "length".into();
+            if pending.points.len() == 1 {
+                pending.points.push(pending.points[0]);
+            }
+        }
+        draw(&pending, Color32::from_rgb(255, 220, 80), pending.points.len() == tool.points_needed());
     }
 }
 
