@@ -25,7 +25,7 @@ use i18n::Lang;
 use loader::{LoadRequest, Loader, LoaderEvent, Thumbnailer};
 use measure::{Measurements, Tool};
 use mpr::{MprRequest, MprSpec, MprWorker, Plane, SlabMode};
-use viewport::{Viewport, presets_for, viewport_ui};
+use viewport::{Viewport, ViewportContext, presets_for, viewport_ui};
 
 /// Opens the workstation window.
 pub fn run(cli: Cli) -> Result<()> {

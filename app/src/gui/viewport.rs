@@ -295,16 +295,23 @@ pub struct ViewportOutput {
 }
 
 /// Draws a viewport in `rect` and handles its input.
+/// What a viewport needs to know from the rest of the workstation.
+#[derive(Debug, Clone, Copy)]
+pub struct ViewportContext {
+    pub active: bool,
+    pub crosshair: Option<(u64, [usize; 3])>,
+    pub tool: Tool,
+    pub lang: Lang,
+}
+
 pub fn viewport_ui(
     ui: &mut egui::Ui,
     rect: Rect,
     vp: &mut Viewport,
-    active: bool,
-    crosshair: Option<(u64, [usize; 3])>,
-    tool: Tool,
+    cx: ViewportContext,
     mut measurements: Option<&mut Measurements>,
-    lang: Lang,
 ) -> ViewportOutput {
+    let ViewportContext { active, crosshair, tool, lang } = cx;
     let mut out = ViewportOutput::default();
     let response = ui.allocate_rect(rect, Sense::click_and_drag());
     let painter = ui.painter_at(rect);
