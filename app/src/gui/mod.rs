@@ -545,16 +545,8 @@ impl eframe::App for LucentApp {
                 let active = i == self.active;
                 let study = self.viewport_study(i);
                 let measurements = study.and_then(|s| self.measurements.get_mut(&s));
-                let out = viewport_ui(
-                    ui,
-                    rect,
-                    &mut self.viewports[i],
-                    active,
-                    self.crosshair,
-                    self.tool,
-                    measurements,
-                    lang,
-                );
+                let cx = ViewportContext { active, crosshair: self.crosshair, tool: self.tool, lang };
+                let out = viewport_ui(ui, rect, &mut self.viewports[i], cx, measurements);
                 if let Some(spec) = out.mpr_request
                     && let Some(series) = self.viewports[i].series.clone()
                 {
