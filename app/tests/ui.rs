@@ -197,3 +197,39 @@ fn measurements_are_drawn_computed_and_kept_in_the_store() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn stacks_of_one_frame_of_reference_scroll_together() {
+    let root = tempfile::tempdir().unwrap();
+    let src = root.path().join("src");
+    let thin = CtSeriesSpec { noise_hu: 0.0, ..CtSeriesSpec::chest("sync", 16, 64) };
+    let thick = CtSeriesSpec {
+        slices: 8,
+        slice_spacing_mm: 5.0,
+        slice_thickness_mm: 5.0,
+        series_number: 3,
+        frame_of_reference_uid: Some(synth::uid(&format!("for:{}", thin.patient.study_uid))),
+        ..CtSeriesSpec { seed: "sync-thick".into(), patient: thin.patient.clone(), ..thin.clone() }
+    };
+    synth::write_ct_series(&src.join("thin"), &thin).unwrap();
+    synth::write_ct_series(&src.join("thick"), &thick).unwrap();
+    let mut store = Store::open(&root.path().join("store")).unwrap();
+    pacs::import::import_paths(&mut store, &[src], &Default::default(), &|_| {}, &AtomicBool::new(false)).unwrap();
+    let mut h = harness(&root.path().join("store"));
+    h.state_mut().request_open(thin.series_uid(), 0);
+    h.state_mut().request_open(thick.series_uid(), 1);
+    wait_until(&mut h, |app| {
+        app.viewports[..2].iter().all(|v| v.series.as_ref().is_some_and(|s| s.decoded() == s.len()))
+    });
+    h.state_mut().active = 0;
+    for _ in 0..4 {
+        h.key_press(egui::Key::ArrowDown);
+        h.run_steps(2);
+    }
+    let app = h.state();
+    assert_eq!(app.viewports[0].slice, 12);
+    let z_thin = app.viewports[0].series.as_ref().unwrap().plan.slice_positions_mm[12];
+    let thick_series = app.viewports[1].series.as_ref().unwrap();
+    let z_thick = thick_series.plan.slice_positions_mm[app.viewports[1].slice];
+    assert!((z_thin - z_thick).abs() <= 2.5, "thin at {z_thin} mm, thick at {z_thick} mm");
+}

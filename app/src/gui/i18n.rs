@@ -57,6 +57,7 @@ const KO: &[(&str, &str)] = &[
     ("Slab", "슬랩"),
     ("Stack", "원본 스택"),
     ("W/L", "W/L"),
+    ("Sync", "동기화"),
     ("Select", "선택"),
     ("Length", "길이"),
     ("Angle", "각도"),

@@ -112,6 +112,8 @@ pub struct LucentApp {
     /// The linked crosshair: (series load id, voxel).
     pub crosshair: Option<(u64, [usize; 3])>,
     pub tool: Tool,
+    /// Scroll series of the same frame of reference together.
+    pub sync_scroll: bool,
     /// Measurements per study UID (loaded from the store when a study is first shown).
     pub measurements: std::collections::HashMap<String, Measurements>,
 }
@@ -148,6 +150,7 @@ impl LucentApp {
             mpr,
             crosshair: None,
             tool: Tool::WindowLevel,
+            sync_scroll: true,
             measurements: std::collections::HashMap::new(),
         };
         if demo {
@@ -268,6 +271,48 @@ impl LucentApp {
             let (_, viewport) = self.pending_first_series.remove(pos);
             if let Some(first) = series.first() {
                 self.request_open(first.series_uid.clone(), viewport);
+            }
+        }
+    }
+
+    /// The active viewport's native slice plane: (frame of reference, position, normal).
+    fn active_position(&self) -> Option<(String, [f64; 3], [f64; 3])> {
+        let vp = self.viewports.get(self.active)?;
+        if vp.mpr.is_some() {
+            return None;
+        }
+        let slice = vp.current_slice()?;
+        let (origin, row, col, _) = viewport::slice_plane(&slice)?;
+        let normal =
+            [row[1] * col[2] - row[2] * col[1], row[2] * col[0] - row[0] * col[2], row[0] * col[1] - row[1] * col[0]];
+        Some((slice.info.frame_of_reference_uid.clone(), origin, normal))
+    }
+
+    /// Moves other stacks of the same frame of reference to the slice nearest the active one.
+    fn sync_to_active(&mut self) {
+        let Some((frame_of_reference, point, _)) = self.active_position() else { return };
+        let active_series = self.viewports[self.active].series.as_ref().map(|s| s.id);
+        for (i, vp) in self.viewports.iter_mut().enumerate() {
+            let Some(series) = vp.series.clone() else { continue };
+            if i == self.active || vp.mpr.is_some() || Some(series.id) == active_series || series.len() < 2 {
+                continue;
+            }
+            let first = series.plan.slices[0].info();
+            if frame_of_reference.is_empty() || first.frame_of_reference_uid != frame_of_reference {
+                continue;
+            }
+            let Some(o) = first.image_orientation_patient else { continue };
+            let n = [o[1] * o[5] - o[2] * o[4], o[2] * o[3] - o[0] * o[5], o[0] * o[4] - o[1] * o[3]];
+            let target = point[0] * n[0] + point[1] * n[1] + point[2] * n[2];
+            let nearest = series
+                .plan
+                .slice_positions_mm
+                .iter()
+                .enumerate()
+                .min_by(|a, b| (a.1 - target).abs().total_cmp(&(b.1 - target).abs()))
+                .map(|(k, _)| k);
+            if let Some(k) = nearest {
+                vp.set_slice(k);
             }
         }
     }
@@ -466,6 +511,7 @@ impl LucentApp {
             if ui.button("MPR").clicked() {
                 self.open_mpr();
             }
+            ui.toggle_value(&mut self.sync_scroll, lang.tr("Sync"));
             ui.separator();
             for tool in [Tool::WindowLevel, Tool::Select, Tool::Length, Tool::Angle, Tool::Ellipse, Tool::Rectangle] {
                 if ui.selectable_label(self.tool == tool, lang.tr(tool.label())).clicked() {
@@ -494,6 +540,7 @@ impl eframe::App for LucentApp {
             self.browser.dirty = false;
             self.store.send(StoreRequest::Studies(self.browser.query()));
         }
+        let before = self.active_position();
         self.handle_keys(&ctx);
         self.sync_measurements();
         let now = ctx.input(|i| i.time);
@@ -541,11 +588,18 @@ impl eframe::App for LucentApp {
                         .collect()
                 }
             };
+            let reference = self.active_position();
             for (i, rect) in cells {
                 let active = i == self.active;
                 let study = self.viewport_study(i);
                 let measurements = study.and_then(|s| self.measurements.get_mut(&s));
-                let cx = ViewportContext { active, crosshair: self.crosshair, tool: self.tool, lang };
+                let cx = ViewportContext {
+                    active,
+                    crosshair: self.crosshair,
+                    tool: self.tool,
+                    lang,
+                    reference: reference.clone(),
+                };
                 let out = viewport_ui(ui, rect, &mut self.viewports[i], cx, measurements);
                 if let Some(spec) = out.mpr_request
                     && let Some(series) = self.viewports[i].series.clone()
@@ -574,5 +628,8 @@ impl eframe::App for LucentApp {
                 }
             }
         });
+        if self.sync_scroll && self.active_position() != before {
+            self.sync_to_active();
+        }
     }
 }

@@ -296,12 +296,14 @@ pub struct ViewportOutput {
 
 /// Draws a viewport in `rect` and handles its input.
 /// What a viewport needs to know from the rest of the workstation.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ViewportContext {
     pub active: bool,
     pub crosshair: Option<(u64, [usize; 3])>,
     pub tool: Tool,
     pub lang: Lang,
+    /// The active viewport's slice plane (frame of reference, point, normal), for reference lines.
+    pub reference: Option<(String, [f64; 3], [f64; 3])>,
 }
 
 pub fn viewport_ui(
@@ -311,7 +313,7 @@ pub fn viewport_ui(
     cx: ViewportContext,
     mut measurements: Option<&mut Measurements>,
 ) -> ViewportOutput {
-    let ViewportContext { active, crosshair, tool, lang } = cx;
+    let ViewportContext { active, crosshair, tool, lang, reference } = cx;
     let mut out = ViewportOutput::default();
     let response = ui.allocate_rect(rect, Sense::click_and_drag());
     let painter = ui.painter_at(rect);
@@ -439,6 +441,19 @@ pub fn viewport_ui(
             && series_id == series.id
         {
             crosshair_lines(&painter, rect, vp, &series, &transform, voxel, ppp);
+        }
+        if !active
+            && vp.mpr.is_none()
+            && let Some((frame_of_reference, point, normal)) = &reference
+            && *frame_of_reference == slice.info.frame_of_reference_uid
+            && !frame_of_reference.is_empty()
+            && let Some([a, b]) = reference_line(slice, *point, *normal)
+        {
+            let to_screen = |p: [f32; 2]| {
+                let s = transform.image_to_screen(p);
+                rect.center() + Vec2::new(s[0], s[1]) / ppp
+            };
+            painter.line_segment([to_screen(a), to_screen(b)], Stroke::new(1.5, Color32::from_rgb(255, 200, 60)));
         }
         if vp.mpr.is_none()
             && let Some(ms) = measurements.as_deref()
@@ -823,6 +838,50 @@ fn draw_measurements(
     }
 }
 
+/// The plane of a native slice: (origin IPP, row direction, column direction, spacing (column, row) mm).
+pub type SlicePlane = ([f64; 3], [f64; 3], [f64; 3], [f64; 2]);
+
+pub fn slice_plane(slice: &SliceImage) -> Option<SlicePlane> {
+    let o = slice.info.image_orientation_patient?;
+    let p = slice.info.image_position_patient?;
+    let s = slice.info.spacing()?;
+    Some((p, [o[0], o[1], o[2]], [o[3], o[4], o[5]], [s.column_mm, s.row_mm]))
+}
+
+/// The segment (image pixels) where the plane through `point` with normal `normal` cuts `slice`.
+pub fn reference_line(slice: &SliceImage, point: [f64; 3], normal: [f64; 3]) -> Option<[[f32; 2]; 2]> {
+    let (origin, row, col, [sx, sy]) = slice_plane(slice)?;
+    let dot = |a: [f64; 3], b: [f64; 3]| a[0] * b[0] + a[1] * b[1] + a[2] * b[2];
+    // Pixel (u, v) centre is at origin + u*sx*row + v*sy*col; solve a*u + b*v + d = 0.
+    let a = sx * dot(row, normal);
+    let b = sy * dot(col, normal);
+    let d = dot([origin[0] - point[0], origin[1] - point[1], origin[2] - point[2]], normal);
+    if a.abs() < 1e-6 && b.abs() < 1e-6 {
+        return None; // parallel planes
+    }
+    let (w, h) = (f64::from(slice.width), f64::from(slice.height));
+    // Clip the line to the image rectangle (in pixel-centre coordinates from -0.5 to size - 0.5).
+    let mut hits: Vec<[f64; 2]> = Vec::new();
+    for u in [-0.5, w - 0.5] {
+        if b.abs() > 1e-9 {
+            let v = -(a * u + d) / b;
+            if (-0.5..=h - 0.5).contains(&v) {
+                hits.push([u, v]);
+            }
+        }
+    }
+    for v in [-0.5, h - 0.5] {
+        if a.abs() > 1e-9 {
+            let u = -(b * v + d) / a;
+            if (-0.5..=w - 0.5).contains(&u) {
+                hits.push([u, v]);
+            }
+        }
+    }
+    hits.dedup_by(|x, y| (x[0] - y[0]).abs() < 1e-6 && (x[1] - y[1]).abs() < 1e-6);
+    (hits.len() >= 2).then(|| [0, 1].map(|i| [(hits[i][0] + 0.5) as f32, (hits[i][1] + 0.5) as f32]))
+}
+
 /// Lines where the other two planes cross this view, at the linked crosshair.
 fn crosshair_lines(
     painter: &egui::Painter,
@@ -902,6 +961,38 @@ mod tests {
         assert_eq!(direction_letters([0.0, -1.0, 0.0]), "A");
         assert_eq!(direction_letters([0.0, 0.0, -1.0]), "F");
         assert_eq!(direction_letters([0.7, 0.0, 0.7]), "LH");
+    }
+
+    #[test]
+    fn reference_line_of_an_axial_plane_on_a_coronal_image() {
+        use pacs::pixels::{ModalityLut, PixelTransform};
+        let mut info = pacs::InstanceInfo::default();
+        // Coronal image: rows along +x, columns along -z (feet down), origin at z = 100.
+        info.image_orientation_patient = Some([1.0, 0.0, 0.0, 0.0, 0.0, -1.0]);
+        info.image_position_patient = Some([-50.0, 0.0, 100.0]);
+        info.pixel_spacing_mm = Some([2.0, 1.0]);
+        let slice = SliceImage {
+            width: 100,
+            height: 50,
+            samples: super::super::loader::SliceSamples::U8(vec![0; 5000]),
+            transform: PixelTransform {
+                modality: ModalityLut::Identity,
+                unit: String::new(),
+                presets: vec![],
+                photometric: pacs::Photometric::Monochrome2,
+                presentation_inverse: false,
+                padding: None,
+                palette: None,
+            },
+            info,
+            frame_index: 0,
+        };
+        // The axial plane z = 60 is 40 mm below the origin: row 20 (2 mm rows), across the whole width.
+        let [a, b] = reference_line(&slice, [0.0, 0.0, 60.0], [0.0, 0.0, 1.0]).unwrap();
+        assert!((a[1] - 20.5).abs() < 1e-4 && (b[1] - 20.5).abs() < 1e-4, "{a:?} {b:?}");
+        assert!((a[0] - b[0]).abs() > 99.0);
+        // A parallel (coronal) plane gives no line.
+        assert!(reference_line(&slice, [0.0, 0.0, 0.0], [0.0, 1.0, 0.0]).is_none());
     }
 
     #[test]
