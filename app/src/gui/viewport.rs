@@ -966,11 +966,13 @@ mod tests {
     #[test]
     fn reference_line_of_an_axial_plane_on_a_coronal_image() {
         use pacs::pixels::{ModalityLut, PixelTransform};
-        let mut info = pacs::InstanceInfo::default();
         // Coronal image: rows along +x, columns along -z (feet down), origin at z = 100.
-        info.image_orientation_patient = Some([1.0, 0.0, 0.0, 0.0, 0.0, -1.0]);
-        info.image_position_patient = Some([-50.0, 0.0, 100.0]);
-        info.pixel_spacing_mm = Some([2.0, 1.0]);
+        let info = pacs::InstanceInfo {
+            image_orientation_patient: Some([1.0, 0.0, 0.0, 0.0, 0.0, -1.0]),
+            image_position_patient: Some([-50.0, 0.0, 100.0]),
+            pixel_spacing_mm: Some([2.0, 1.0]),
+            ..Default::default()
+        };
         let slice = SliceImage {
             width: 100,
             height: 50,
