@@ -233,3 +233,33 @@ fn stacks_of_one_frame_of_reference_scroll_together() {
     let z_thick = thick_series.plan.slice_positions_mm[app.viewports[1].slice];
     assert!((z_thin - z_thick).abs() <= 2.5, "thin at {z_thin} mm, thick at {z_thick} mm");
 }
+
+#[test]
+fn hanging_protocols_lay_out_a_cxr_with_its_prior_and_a_ct_in_two_windows() {
+    let root = tempfile::tempdir().unwrap();
+    let src = root.path().join("src");
+    let patient =
+        |seed: &str, date: &str| PatientSpec { study_date: date.into(), ..PatientSpec::new("HANG^ING", "H-1", seed) };
+    let current = RadiographSpec { patient: patient("hang-now", "20260301"), ..RadiographSpec::chest("hang-now", 64) };
+    let prior = RadiographSpec { patient: patient("hang-then", "20250301"), ..RadiographSpec::chest("hang-then", 64) };
+    synth::write_radiograph(&src.join("now.dcm"), &current).unwrap();
+    synth::write_radiograph(&src.join("then.dcm"), &prior).unwrap();
+    let ct = CtSeriesSpec { noise_hu: 0.0, ..CtSeriesSpec::chest("hang-ct", 6, 32) };
+    synth::write_ct_series(&src.join("ct"), &ct).unwrap();
+    let mut store = Store::open(&root.path().join("store")).unwrap();
+    pacs::import::import_paths(&mut store, &[src], &Default::default(), &|_| {}, &AtomicBool::new(false)).unwrap();
+    let uid = |seed: &str| synth::uid(&format!("series:{seed}"));
+
+    let mut h = harness(&root.path().join("store"));
+    h.state_mut().open_study(current.patient.study_uid.clone());
+    let series_in = |app: &LucentApp, i: usize| app.viewports[i].series.as_ref().map(|s| s.series_uid.clone());
+    wait_until(&mut h, |app| series_in(app, 1).is_some());
+    assert_eq!(h.state().layout, (1, 2));
+    assert_eq!(series_in(h.state(), 0), Some(uid("hang-now")));
+    assert_eq!(series_in(h.state(), 1), Some(uid("hang-then")), "the prior beside the current");
+
+    h.state_mut().open_study(ct.patient.study_uid.clone());
+    wait_until(&mut h, |app| series_in(app, 0) == Some(ct.series_uid()) && series_in(app, 1) == Some(ct.series_uid()));
+    assert_eq!(h.state().viewports[0].window, Some(Window::new(-600.0, 1500.0)));
+    assert_eq!(h.state().viewports[1].window, Some(Window::new(40.0, 350.0)));
+}

@@ -97,6 +97,8 @@ pub struct InstanceInfo {
     pub series_number: Option<i64>,
     pub series_description: String,
     pub body_part_examined: String,
+    /// ViewPosition (0018,5101) of projection images: PA, AP, LL, RL, LATERAL ...
+    pub view_position: String,
     pub instance_number: Option<i64>,
     pub acquisition_number: Option<i64>,
     pub frame_of_reference_uid: String,
@@ -149,6 +151,7 @@ impl InstanceInfo {
             series_number: int(obj, tags::SERIES_NUMBER),
             series_description: string(obj, tags::SERIES_DESCRIPTION).unwrap_or_default(),
             body_part_examined: string(obj, tags::BODY_PART_EXAMINED).unwrap_or_default(),
+            view_position: string(obj, tags::VIEW_POSITION).unwrap_or_default(),
             instance_number: int(obj, tags::INSTANCE_NUMBER),
             acquisition_number: int(obj, tags::ACQUISITION_NUMBER),
             frame_of_reference_uid: string(obj, tags::FRAME_OF_REFERENCE_UID).unwrap_or_default(),

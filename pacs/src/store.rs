@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS series (
     series_number INTEGER,
     description  TEXT NOT NULL DEFAULT '',
     body_part    TEXT NOT NULL DEFAULT '',
-    frame_of_reference TEXT NOT NULL DEFAULT ''
+    frame_of_reference TEXT NOT NULL DEFAULT '',
+    view_position TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS instances (
     sop_uid      TEXT PRIMARY KEY,
@@ -126,6 +127,7 @@ pub struct SeriesRow {
     pub series_number: Option<i64>,
     pub description: String,
     pub body_part: String,
+    pub view_position: String,
     pub instances: usize,
 }
 
@@ -205,6 +207,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         Ok(Self { root: root.to_path_buf(), conn })
     }
 
@@ -280,8 +283,8 @@ impl Store {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             let mut series = tx.prepare_cached(
-                "INSERT OR IGNORE INTO series (series_uid, study_uid, modality, series_number, description, body_part, frame_of_reference)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT OR IGNORE INTO series (series_uid, study_uid, modality, series_number, description, body_part, frame_of_reference, view_position)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
             let mut instance = tx.prepare_cached(
                 "INSERT OR IGNORE INTO instances (sop_uid, series_uid, sop_class, instance_number, transfer_syntax, rel_path, size_bytes, rows, columns, frames)
@@ -308,7 +311,8 @@ impl Store {
                     i.series_number,
                     i.series_description,
                     i.body_part_examined,
-                    i.frame_of_reference_uid
+                    i.frame_of_reference_uid,
+                    i.view_position
                 ])?;
                 added += instance.execute(params![
                     i.sop_instance_uid,
@@ -411,7 +415,7 @@ impl Store {
     pub fn series(&self, study_uid: &str) -> Result<Vec<SeriesRow>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT r.series_uid, r.study_uid, r.modality, r.series_number, r.description, r.body_part,
-                    (SELECT COUNT(*) FROM instances i WHERE i.series_uid = r.series_uid)
+                    (SELECT COUNT(*) FROM instances i WHERE i.series_uid = r.series_uid), r.view_position
              FROM series r WHERE r.study_uid = ?1 ORDER BY r.series_number, r.series_uid",
         )?;
         let rows = stmt.query_map([study_uid], |r| {
@@ -423,6 +427,7 @@ impl Store {
                 description: r.get(4)?,
                 body_part: r.get(5)?,
                 instances: r.get::<_, i64>(6)? as usize,
+                view_position: r.get(7)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -521,6 +526,16 @@ impl Store {
         }
         Ok(report)
     }
+}
+
+/// Brings an index made by an older Lucent up to the current schema.
+fn migrate(conn: &Connection) -> Result<()> {
+    let has_view_position =
+        conn.prepare("SELECT 1 FROM pragma_table_info('series') WHERE name = 'view_position'")?.exists([])?;
+    if !has_view_position {
+        conn.execute_batch("ALTER TABLE series ADD COLUMN view_position TEXT NOT NULL DEFAULT ''")?;
+    }
+    Ok(())
 }
 
 fn escape_like(text: &str) -> String {

@@ -448,6 +448,8 @@ pub struct RadiographSpec {
     pub lesions: Vec<[f64; 4]>,
     pub series_number: i64,
     pub description: String,
+    /// ViewPosition: "PA", "AP", "LL" ...
+    pub view_position: String,
 }
 
 impl RadiographSpec {
@@ -462,6 +464,7 @@ impl RadiographSpec {
             lesions: vec![],
             series_number: 1,
             description: "Synthetic chest PA".into(),
+            view_position: "PA".into(),
         }
     }
 
@@ -553,7 +556,7 @@ pub fn write_radiograph(path: &Path, spec: &RadiographSpec) -> Result<()> {
         (tags::IMAGE_TYPE, VR::CS, "ORIGINAL\\PRIMARY".to_owned()),
         (tags::SERIES_INSTANCE_UID, VR::UI, uid(&format!("series:{}", spec.seed))),
         (tags::SERIES_DESCRIPTION, VR::LO, spec.description.clone()),
-        (tags::VIEW_POSITION, VR::CS, "PA".to_owned()),
+        (tags::VIEW_POSITION, VR::CS, spec.view_position.clone()),
         (tags::IMAGER_PIXEL_SPACING, VR::DS, ds(&[spec.imager_pixel_spacing_mm, spec.imager_pixel_spacing_mm])),
         (
             tags::PHOTOMETRIC_INTERPRETATION,

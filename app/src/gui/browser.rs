@@ -22,6 +22,8 @@ pub enum StoreRequest {
     },
     Reopen(PathBuf),
     LoadMeasurements(String),
+    /// Gather what hanging protocols need to lay out a study.
+    Hang(String),
     SaveMeasurements {
         study_uid: String,
         items: Vec<pacs::store::MeasurementRecord>,
@@ -45,6 +47,7 @@ pub enum StoreReply {
         study_uid: String,
         items: Vec<pacs::store::MeasurementRecord>,
     },
+    Hang(super::hanging::HangingContext),
     /// Nothing to report.
     Done,
     Error(String),
@@ -125,8 +128,31 @@ fn answer(store: &mut Store, request: StoreRequest) -> pacs::Result<StoreReply> 
             store.save_measurements(&study_uid, &items)?;
             StoreReply::Done
         }
+        StoreRequest::Hang(study_uid) => StoreReply::Hang(hanging_context(store, study_uid)?),
         StoreRequest::Reopen(_) => StoreReply::Error("internal: reopen is handled by the worker".into()),
     })
+}
+
+/// The study's series and its patient's most recent earlier study sharing a modality.
+fn hanging_context(store: &Store, study_uid: String) -> pacs::Result<super::hanging::HangingContext> {
+    let series = store.series(&study_uid)?;
+    let all = store.studies(&StudyQuery::default())?;
+    let current = all.iter().find(|s| s.study_uid == study_uid);
+    let prior = current.and_then(|c| {
+        all.iter()
+            .filter(|s| {
+                s.patient_id == c.patient_id
+                    && s.study_uid != c.study_uid
+                    && s.study_date < c.study_date
+                    && s.modalities.split('\\').any(|m| c.modalities.split('\\').any(|n| n == m))
+            })
+            .max_by(|a, b| a.study_date.cmp(&b.study_date))
+    });
+    let prior_series = match prior {
+        Some(p) => store.series(&p.study_uid)?,
+        None => Vec::new(),
+    };
+    Ok(super::hanging::HangingContext { study_uid, series, prior_series })
 }
 
 /// Browser state.
@@ -148,6 +174,8 @@ pub struct Browser {
 pub struct BrowserOutput {
     pub open_series: Option<String>,
     pub select_study: Option<String>,
+    /// Double-click: open the whole study with a hanging protocol.
+    pub open_study: Option<String>,
 }
 
 impl Browser {
@@ -212,8 +240,13 @@ pub fn browser_ui(ui: &mut egui::Ui, b: &mut Browser, lang: Lang) -> BrowserOutp
                 study.instances,
                 lang.tr("images")
             );
-            if ui.selectable_label(selected, text).clicked() && !selected {
+            let response = ui.selectable_label(selected, text);
+            if response.clicked() && !selected {
                 out.select_study = Some(study.study_uid.clone());
+            }
+            if response.double_clicked() {
+                out.select_study = Some(study.study_uid.clone());
+                out.open_study = Some(study.study_uid.clone());
             }
         }
     });

@@ -194,11 +194,13 @@ pub struct LoadRequest {
     pub paths: Vec<PathBuf>,
     /// Viewport the series is for.
     pub viewport: usize,
+    /// Window to start with (from a hanging protocol).
+    pub window: Option<pacs::Window>,
 }
 
 /// What the loader tells the UI.
 pub enum LoaderEvent {
-    Opened { viewport: usize, series: Arc<SeriesData> },
+    Opened { viewport: usize, series: Arc<SeriesData>, window: Option<pacs::Window> },
     Failed { series_uid: String, message: String },
 }
 
@@ -253,7 +255,10 @@ fn load(request: LoadRequest, events: &Sender<LoaderEvent>, repaint: &(dyn Fn() 
         cancel: AtomicBool::new(false),
         plan,
     });
-    if events.send(LoaderEvent::Opened { viewport: request.viewport, series: series.clone() }).is_err() {
+    if events
+        .send(LoaderEvent::Opened { viewport: request.viewport, series: series.clone(), window: request.window })
+        .is_err()
+    {
         return;
     }
     repaint();

@@ -6,6 +6,7 @@
 
 pub mod bridge;
 pub mod browser;
+pub mod hanging;
 pub mod i18n;
 pub mod loader;
 pub mod measure;
@@ -114,6 +115,9 @@ pub struct LucentApp {
     pub tool: Tool,
     /// Scroll series of the same frame of reference together.
     pub sync_scroll: bool,
+    pub protocols: hanging::HangingProtocols,
+    /// Windows to apply when series open, by viewport (from a hanging protocol).
+    pending_windows: std::collections::HashMap<usize, pacs::Window>,
     /// Measurements per study UID (loaded from the store when a study is first shown).
     pub measurements: std::collections::HashMap<String, Measurements>,
 }
@@ -151,8 +155,16 @@ impl LucentApp {
             crosshair: None,
             tool: Tool::WindowLevel,
             sync_scroll: true,
+            protocols: hanging::HangingProtocols::defaults(),
+            pending_windows: std::collections::HashMap::new(),
             measurements: std::collections::HashMap::new(),
         };
+        match hanging::HangingProtocols::load_or_create(&hanging::HangingProtocols::user_path(
+            &crate::config::data_dir(),
+        )) {
+            Ok(p) => app.protocols = p,
+            Err(e) => app.status = format!("Using the built-in hanging protocols: {e}"),
+        }
         if demo {
             let (tx, rx) = crossbeam_channel::bounded(1);
             let dir = store_dir.clone();
@@ -172,6 +184,35 @@ impl LucentApp {
     /// Asks for `series_uid` to be opened in `viewport`.
     pub fn request_open(&mut self, series_uid: String, viewport: usize) {
         self.store.send(StoreRequest::Open { series_uid, viewport });
+    }
+
+    /// Opens a whole study laid out by the first hanging protocol that fits.
+    pub fn open_study(&mut self, study_uid: String) {
+        self.store.send(StoreRequest::Hang(study_uid));
+    }
+
+    fn apply_hanging(&mut self, ctx: &hanging::HangingContext) {
+        let Some((protocol, placements)) = self.protocols.choose(ctx) else {
+            // No protocol fits: the first series in the active viewport.
+            if let Some(first) = ctx.series.first() {
+                self.request_open(first.series_uid.clone(), self.active);
+            }
+            return;
+        };
+        self.status = format!("Hanging protocol: {}", protocol.name);
+        self.layout = (protocol.layout[0].clamp(1, 2), protocol.layout[1].clamp(1, 2));
+        self.fullscreen = None;
+        self.active = 0;
+        for p in placements {
+            if p.viewport >= self.viewports.len() {
+                continue;
+            }
+            match p.window {
+                Some(w) => self.pending_windows.insert(p.viewport, pacs::Window::new(w.center, w.width)),
+                None => self.pending_windows.remove(&p.viewport),
+            };
+            self.request_open(p.series_uid, p.viewport);
+        }
     }
 
     fn poll_workers(&mut self, ctx: &egui::Context) {
@@ -211,8 +252,10 @@ impl LucentApp {
                         self.browser.request_thumbnails(first_paths, &self.thumbs);
                     }
                 }
+                StoreReply::Hang(ctx) => self.apply_hanging(&ctx),
                 StoreReply::Open { series_uid, viewport, paths } => {
-                    if let Err(e) = self.loader.request(LoadRequest { series_uid, paths, viewport }) {
+                    let window = self.pending_windows.remove(&viewport);
+                    if let Err(e) = self.loader.request(LoadRequest { series_uid, paths, viewport, window }) {
                         self.status = e;
                     }
                 }
@@ -225,9 +268,10 @@ impl LucentApp {
         }
         while let Ok(event) = self.loader.events.try_recv() {
             match event {
-                LoaderEvent::Opened { viewport, series } => {
+                LoaderEvent::Opened { viewport, series, window } => {
                     if let Some(vp) = self.viewports.get_mut(viewport) {
                         vp.set_series(series);
+                        vp.window = window;
                     }
                 }
                 LoaderEvent::Failed { message, .. } => self.status = format!("Cannot open the series: {message}"),
@@ -571,6 +615,9 @@ impl eframe::App for LucentApp {
             }
             if let Some(series) = out.open_series {
                 self.request_open(series, self.active);
+            }
+            if let Some(study) = out.open_study {
+                self.open_study(study);
             }
         });
         egui::CentralPanel::default().frame(egui::Frame::NONE.fill(egui::Color32::BLACK)).show(ui, |ui| {
