@@ -263,3 +263,16 @@ fn hanging_protocols_lay_out_a_cxr_with_its_prior_and_a_ct_in_two_windows() {
     assert_eq!(h.state().viewports[0].window, Some(Window::new(-600.0, 1500.0)));
     assert_eq!(h.state().viewports[1].window, Some(Window::new(40.0, 350.0)));
 }
+
+#[test]
+fn files_imported_from_the_gui_appear_in_the_browser() {
+    let root = tempfile::tempdir().unwrap();
+    let src = root.path().join("incoming");
+    synth::write_ct_series(&src, &CtSeriesSpec { noise_hu: 0.0, ..CtSeriesSpec::chest("gui-import", 4, 32) }).unwrap();
+    let mut h = harness(&root.path().join("store"));
+    h.run_steps(2);
+    assert!(h.state().browser.studies.is_empty());
+    h.state_mut().start_import(vec![src]);
+    wait_until(&mut h, |app| app.browser.studies.len() == 1);
+    assert!(h.state().status.contains("Imported 4 instance(s)"), "{}", h.state().status);
+}

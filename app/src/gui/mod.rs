@@ -8,6 +8,7 @@ pub mod bridge;
 pub mod browser;
 pub mod hanging;
 pub mod i18n;
+pub mod jobs;
 pub mod loader;
 pub mod measure;
 pub mod mpr;
@@ -116,6 +117,10 @@ pub struct LucentApp {
     /// Scroll series of the same frame of reference together.
     pub sync_scroll: bool,
     pub protocols: hanging::HangingProtocols,
+    store_dir: PathBuf,
+    repaint: Arc<dyn Fn() + Send + Sync>,
+    dialog: Option<Receiver<Vec<PathBuf>>>,
+    import: Option<jobs::ImportJob>,
     /// Windows to apply when series open, by viewport (from a hanging protocol).
     pending_windows: std::collections::HashMap<usize, pacs::Window>,
     /// Measurements per study UID (loaded from the store when a study is first shown).
@@ -156,6 +161,10 @@ impl LucentApp {
             tool: Tool::WindowLevel,
             sync_scroll: true,
             protocols: hanging::HangingProtocols::defaults(),
+            store_dir: store_dir.clone(),
+            repaint: repaint.clone(),
+            dialog: None,
+            import: None,
             pending_windows: std::collections::HashMap::new(),
             measurements: std::collections::HashMap::new(),
         };
@@ -184,6 +193,46 @@ impl LucentApp {
     /// Asks for `series_uid` to be opened in `viewport`.
     pub fn request_open(&mut self, series_uid: String, viewport: usize) {
         self.store.send(StoreRequest::Open { series_uid, viewport });
+    }
+
+    /// Imports files or folders into the store on a worker thread.
+    pub fn start_import(&mut self, paths: Vec<PathBuf>) {
+        if paths.is_empty() || self.import.is_some() {
+            return;
+        }
+        match jobs::ImportJob::start(self.store_dir.clone(), paths, self.repaint.clone()) {
+            Ok(job) => self.import = Some(job),
+            Err(e) => self.status = format!("Cannot start the import: {e}"),
+        }
+    }
+
+    fn poll_jobs(&mut self, ctx: &egui::Context) {
+        if let Some(rx) = &self.dialog
+            && let Ok(paths) = rx.try_recv()
+        {
+            self.dialog = None;
+            self.start_import(paths);
+        }
+        let dropped: Vec<PathBuf> = ctx.input(|i| {
+            i.raw.dropped_files.iter().map(|f| f.path().to_path_buf()).filter(|p| !p.as_os_str().is_empty()).collect()
+        });
+        self.start_import(dropped);
+        if let Some(job) = &self.import
+            && let Ok(result) = job.done.try_recv()
+        {
+            self.import = None;
+            self.status = match result {
+                Ok(s) => format!(
+                    "Imported {} instance(s); {} already in the store; {} skipped{}",
+                    s.imported,
+                    s.duplicates,
+                    s.skipped.len(),
+                    if s.cancelled { " (cancelled)" } else { "" }
+                ),
+                Err(e) => format!("Import failed: {e}"),
+            };
+            self.browser.dirty = true;
+        }
     }
 
     /// Opens a whole study laid out by the first hanging protocol that fits.
@@ -489,6 +538,19 @@ impl LucentApp {
                 ui.label(egui::RichText::new(lang.tr("Demo")).color(egui::Color32::from_rgb(255, 190, 40)));
             }
             ui.separator();
+            for (dialog, label) in [(jobs::Dialog::Files, "Import files…"), (jobs::Dialog::Folder, "Import folder…")]
+            {
+                if ui
+                    .add_enabled(self.dialog.is_none() && self.import.is_none(), egui::Button::new(lang.tr(label)))
+                    .clicked()
+                {
+                    match jobs::pick(dialog, self.repaint.clone()) {
+                        Ok(rx) => self.dialog = Some(rx),
+                        Err(e) => self.status = format!("Cannot open a file dialog: {e}"),
+                    }
+                }
+            }
+            ui.separator();
             ui.label(lang.tr("Layout"));
             for (rows, cols, label) in [(1, 1, "1×1"), (1, 2, "1×2"), (2, 1, "2×1"), (2, 2, "2×2")] {
                 if ui.selectable_label(self.layout == (rows, cols) && self.fullscreen.is_none(), label).clicked() {
@@ -579,6 +641,7 @@ impl eframe::App for LucentApp {
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         let ctx = ui.ctx().clone();
         self.poll_workers(&ctx);
+        self.poll_jobs(&ctx);
         self.open_pending_first_series();
         if self.browser.dirty {
             self.browser.dirty = false;
@@ -603,6 +666,20 @@ impl eframe::App for LucentApp {
             ui.horizontal(|ui| {
                 ui.weak(lang.tr("Research and demonstration only — not for diagnosis"));
                 ui.separator();
+                if let Some(job) = &self.import {
+                    let p = job.progress();
+                    let fraction = if p.total == 0 { 0.0 } else { p.done as f32 / p.total as f32 };
+                    ui.add(egui::ProgressBar::new(fraction).desired_width(200.0).text(format!(
+                        "{} {}/{}",
+                        lang.tr("Importing"),
+                        p.done,
+                        p.total
+                    )));
+                    if ui.button(lang.tr("Cancel")).clicked() {
+                        job.cancel();
+                    }
+                    ui.separator();
+                }
                 ui.label(&self.status);
             });
         });
