@@ -276,3 +276,26 @@ fn files_imported_from_the_gui_appear_in_the_browser() {
     wait_until(&mut h, |app| app.browser.studies.len() == 1);
     assert!(h.state().status.contains("Imported 4 instance(s)"), "{}", h.state().status);
 }
+
+#[test]
+fn dicom_overlay_planes_are_drawn_on_the_image() {
+    let Some(data) = std::env::var_os("LUCENT_TEST_DATA")
+        .map(std::path::PathBuf::from)
+        .or_else(|| Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/lucent-data")))
+        .map(|d| d.join("pydicom-data/MR-SIEMENS-DICOM-WithOverlays.dcm"))
+        .filter(|p| p.is_file())
+    else {
+        assert!(std::env::var("LUCENT_REQUIRE_TEST_DATA").is_err(), "pydicom-data is missing: run cargo xtask setup");
+        eprintln!("SKIP: pydicom-data is absent");
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&root.path().join("store")).unwrap();
+    pacs::import::import_paths(&mut store, &[data], &Default::default(), &|_| {}, &AtomicBool::new(false)).unwrap();
+    let studies = store.studies(&StudyQuery::default()).unwrap();
+    let series = store.series(&studies[0].study_uid).unwrap()[0].series_uid.clone();
+    let mut h = harness(&root.path().join("store"));
+    open(&mut h, &series);
+    assert!(h.state().viewports[0].overlays_drawn() >= 1);
+    h.snapshot("overlay_planes");
+}

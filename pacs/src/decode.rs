@@ -617,3 +617,41 @@ mod tests {
         assert_eq!(s, Samples::U8(vec![10, 1, 2, 20, 1, 2]));
     }
 }
+
+/// One overlay plane (groups 60xx) for a frame: a bitmap of 0/1 bytes placed on the image.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OverlayBitmap {
+    pub group: u16,
+    pub rows: u32,
+    pub columns: u32,
+    /// Image pixel (column, row), 0-based, under the overlay's top-left bit.
+    pub origin: [i32; 2],
+    pub label: String,
+    /// One byte per overlay pixel, 0 or 1, row-major.
+    #[serde(skip)]
+    pub bits: Vec<u8>,
+}
+
+/// The overlay planes that apply to `frame` (0-based). Broken overlays are skipped: they are
+/// annotations, and a bad one must not stop the image from showing.
+pub fn overlays(obj: &DefaultDicomObject, frame: u32) -> Vec<OverlayBitmap> {
+    let Ok(planes) = obj.decode_overlays() else { return Vec::new() };
+    planes
+        .into_iter()
+        .filter_map(|plane| {
+            let first = plane.image_frame_origin().max(1) - 1;
+            let index = frame.checked_sub(first).filter(|i| *i < plane.number_of_frames())?;
+            let bits = plane.frame_data(index).ok()?.to_vec();
+            let [row, column] = plane.origin();
+            Some(OverlayBitmap {
+                group: plane.group(),
+                rows: u32::from(plane.rows()),
+                columns: u32::from(plane.columns()),
+                origin: [column - 1, row - 1],
+                label: plane.label().unwrap_or_default().to_owned(),
+                bits,
+            })
+        })
+        .filter(|o| o.bits.len() == o.rows as usize * o.columns as usize && o.bits.iter().any(|&b| b != 0))
+        .collect()
+}

@@ -71,6 +71,8 @@ pub struct DecodedImage {
     pub frame_index: u32,
     pub frame: Frame,
     pub transform: PixelTransform,
+    /// Overlay planes (60xx) that apply to this frame.
+    pub overlays: Vec<decode::OverlayBitmap>,
 }
 
 /// Decodes frame `frame_index` of an opened object.
@@ -78,7 +80,8 @@ pub fn decode_image(obj: &DefaultDicomObject, frame_index: u32) -> Result<Decode
     let info = info(obj)?;
     let frame = decode::decode_frame(obj, frame_index)?;
     let transform = PixelTransform::from_object(obj, frame_index, &frame);
-    Ok(DecodedImage { info, frame_index, frame, transform })
+    let overlays = decode::overlays(obj, frame_index);
+    Ok(DecodedImage { info, frame_index, frame, transform, overlays })
 }
 
 /// Opens a file and decodes one frame.

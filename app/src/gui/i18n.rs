@@ -62,6 +62,7 @@ const KO: &[(&str, &str)] = &[
     ("Import folder…", "폴더 가져오기…"),
     ("Importing", "가져오는 중"),
     ("Cancel", "취소"),
+    ("Overlays", "오버레이"),
     ("Select", "선택"),
     ("Length", "길이"),
     ("Angle", "각도"),

@@ -66,6 +66,8 @@ pub struct SliceImage {
     pub transform: PixelTransform,
     pub info: InstanceInfo,
     pub frame_index: u32,
+    /// Overlay planes (60xx) of this frame.
+    pub overlays: Vec<pacs::decode::OverlayBitmap>,
 }
 
 impl SliceImage {
@@ -111,6 +113,7 @@ pub fn decode_slice(path: &std::path::Path, frame_index: u32) -> pacs::Result<Sl
         transform: image.transform,
         info: image.info,
         frame_index,
+        overlays: image.overlays,
     })
 }
 

@@ -264,6 +264,7 @@ mod tests {
             },
             info,
             frame_index: 0,
+            overlays: Vec::new(),
         }
     }
 

@@ -581,6 +581,7 @@ impl LucentApp {
                     });
                 }
                 ui.toggle_value(&mut vp.invert, lang.tr("Invert"));
+                ui.toggle_value(&mut vp.show_overlays, lang.tr("Overlays"));
                 ui.toggle_value(&mut vp.smooth, lang.tr("Smooth"));
                 if ui.button(lang.tr("Rotate")).clicked() {
                     vp.rotation_quarters = (vp.rotation_quarters + 1) % 4;

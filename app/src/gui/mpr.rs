@@ -186,6 +186,7 @@ pub fn reformat(series: &SeriesData, spec: MprSpec) -> Option<SliceImage> {
         transform,
         info,
         frame_index: 0,
+        overlays: Vec::new(),
     })
 }
 

@@ -83,6 +83,10 @@ pub struct Viewport {
     pub drawing: Vec<[f64; 2]>,
     /// A selected measurement being dragged.
     dragging: Option<usize>,
+    /// Show DICOM overlay planes (60xx).
+    pub show_overlays: bool,
+    /// Overlay textures of the slice on screen.
+    overlay_textures: Option<((u64, usize), Vec<egui::TextureHandle>)>,
 }
 
 impl Viewport {
@@ -108,7 +112,14 @@ impl Viewport {
             mpr_requested: None,
             drawing: Vec::new(),
             dragging: None,
+            show_overlays: true,
+            overlay_textures: None,
         }
+    }
+
+    /// Number of overlay planes drawn on the slice on screen.
+    pub fn overlays_drawn(&self) -> usize {
+        self.overlay_textures.as_ref().map_or(0, |(_, t)| t.len())
     }
 
     /// Positions along the current scroll axis (slices, or the MPR plane's normal).
@@ -437,6 +448,9 @@ pub fn viewport_ui(
             rect,
             SliceCallback { viewport_id: vp.id, key, slice: slice.clone(), params },
         ));
+        if vp.show_overlays && vp.mpr.is_none() && !slice.overlays.is_empty() {
+            draw_overlay_planes(ui.ctx(), &painter, rect, vp, key, slice, &transform, ppp);
+        }
         if let Some((series_id, voxel)) = crosshair
             && series_id == series.id
         {
@@ -882,6 +896,67 @@ pub fn reference_line(slice: &SliceImage, point: [f64; 3], normal: [f64; 3]) -> 
     (hits.len() >= 2).then(|| [0, 1].map(|i| [(hits[i][0] + 0.5) as f32, (hits[i][1] + 0.5) as f32]))
 }
 
+/// Draws the slice's overlay planes as textured quads that follow the view transform.
+#[allow(clippy::too_many_arguments)]
+fn draw_overlay_planes(
+    ctx: &egui::Context,
+    painter: &egui::Painter,
+    rect: Rect,
+    vp: &mut Viewport,
+    key: (u64, usize),
+    slice: &SliceImage,
+    transform: &ViewTransform,
+    ppp: f32,
+) {
+    if vp.overlay_textures.as_ref().is_none_or(|(k, _)| *k != key) {
+        let textures = slice
+            .overlays
+            .iter()
+            .map(|o| {
+                let pixels =
+                    o.bits
+                        .iter()
+                        .map(|&b| {
+                            if b != 0 {
+                                Color32::from_rgba_unmultiplied(255, 225, 80, 230)
+                            } else {
+                                Color32::TRANSPARENT
+                            }
+                        })
+                        .collect();
+                let image = egui::ColorImage::new([o.columns as usize, o.rows as usize], pixels);
+                ctx.load_texture(
+                    format!("overlay-{}-{}-{:04x}", key.0, key.1, o.group),
+                    image,
+                    egui::TextureOptions::NEAREST,
+                )
+            })
+            .collect();
+        vp.overlay_textures = Some((key, textures));
+    }
+    let Some((_, textures)) = &vp.overlay_textures else { return };
+    let to_screen = |p: [f32; 2]| {
+        let s = transform.image_to_screen(p);
+        rect.center() + Vec2::new(s[0], s[1]) / ppp
+    };
+    for (o, texture) in slice.overlays.iter().zip(textures) {
+        let (x0, y0) = (o.origin[0] as f32, o.origin[1] as f32);
+        let (x1, y1) = (x0 + o.columns as f32, y0 + o.rows as f32);
+        let mut mesh = egui::Mesh::with_texture(texture.id());
+        for (corner, uv) in
+            [([x0, y0], [0.0, 0.0]), ([x1, y0], [1.0, 0.0]), ([x1, y1], [1.0, 1.0]), ([x0, y1], [0.0, 1.0])]
+        {
+            mesh.vertices.push(egui::epaint::Vertex {
+                pos: to_screen(corner),
+                uv: Pos2::new(uv[0], uv[1]),
+                color: Color32::WHITE,
+            });
+        }
+        mesh.indices.extend_from_slice(&[0, 1, 2, 0, 2, 3]);
+        painter.add(egui::Shape::mesh(mesh));
+    }
+}
+
 /// Lines where the other two planes cross this view, at the linked crosshair.
 fn crosshair_lines(
     painter: &egui::Painter,
@@ -988,6 +1063,7 @@ mod tests {
             },
             info,
             frame_index: 0,
+            overlays: Vec::new(),
         };
         // The axial plane z = 60 is 40 mm below the origin: row 20 (2 mm rows), across the whole width.
         let [a, b] = reference_line(&slice, [0.0, 0.0, 60.0], [0.0, 0.0, 1.0]).unwrap();
