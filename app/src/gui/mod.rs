@@ -12,6 +12,7 @@ pub mod jobs;
 pub mod loader;
 pub mod measure;
 pub mod mpr;
+pub mod settings;
 pub mod viewport;
 
 use std::path::PathBuf;
@@ -46,7 +47,7 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 /// Keyboard actions of the active viewport, with rebindable keys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Action {
     PreviousImage,
     NextImage,
@@ -118,6 +119,8 @@ pub struct LucentApp {
     pub sync_scroll: bool,
     pub protocols: hanging::HangingProtocols,
     store_dir: PathBuf,
+    pub settings: settings::Settings,
+    settings_window: settings::SettingsWindow,
     repaint: Arc<dyn Fn() + Send + Sync>,
     dialog: Option<Receiver<Vec<PathBuf>>>,
     import: Option<jobs::ImportJob>,
@@ -162,12 +165,21 @@ impl LucentApp {
             sync_scroll: true,
             protocols: hanging::HangingProtocols::defaults(),
             store_dir: store_dir.clone(),
+            settings: settings::Settings::default(),
+            settings_window: settings::SettingsWindow::default(),
             repaint: repaint.clone(),
             dialog: None,
             import: None,
             pending_windows: std::collections::HashMap::new(),
             measurements: std::collections::HashMap::new(),
         };
+        match settings::Settings::load(&settings::Settings::path(&crate::config::data_dir())) {
+            Ok(s) => {
+                app.keys = s.key_bindings();
+                app.settings = s;
+            }
+            Err(e) => app.status = format!("Using default settings: {e}"),
+        }
         match hanging::HangingProtocols::load_or_create(&hanging::HangingProtocols::user_path(
             &crate::config::data_dir(),
         )) {
@@ -465,7 +477,7 @@ impl LucentApp {
     }
 
     fn handle_keys(&mut self, ctx: &egui::Context) {
-        if ctx.egui_wants_keyboard_input() {
+        if ctx.egui_wants_keyboard_input() || self.settings_window.capturing.is_some() {
             return;
         }
         let (delete, undo) = ctx.input(|i| {
@@ -492,7 +504,7 @@ impl LucentApp {
         let Some(vp) = self.viewports.get_mut(active) else { return };
         if let Some(d) = digit
             && let Some(slice) = vp.current_slice()
-            && let Some(preset) = presets_for(&slice, lang).get(d)
+            && let Some(preset) = presets_for(&slice, &self.settings.presets, lang).get(d)
         {
             vp.window = Some(preset.window);
         }
@@ -563,7 +575,7 @@ impl LucentApp {
             let active = self.active;
             if let Some(vp) = self.viewports.get_mut(active) {
                 if let Some(slice) = vp.current_slice() {
-                    let presets = presets_for(&slice, lang);
+                    let presets = presets_for(&slice, &self.settings.presets, lang);
                     let current = presets.iter().find(|p| vp.window == Some(p.window)).map_or_else(
                         || if vp.window.is_none() { lang.tr("Default").to_owned() } else { "—".to_owned() },
                         |p| p.name.clone(),
@@ -629,6 +641,9 @@ impl LucentApp {
                 }
             }
             ui.separator();
+            if ui.button(lang.tr("Settings")).clicked() {
+                self.settings_window.open = true;
+            }
             egui::ComboBox::from_label(lang.tr("Language")).selected_text(self.lang.label()).show_ui(ui, |ui| {
                 for l in [Lang::En, Lang::Ko] {
                     ui.selectable_value(&mut self.lang, l, l.label());
@@ -661,6 +676,12 @@ impl eframe::App for LucentApp {
             ctx.request_repaint_after(std::time::Duration::from_millis(10));
         }
         let lang = self.lang;
+        if settings::settings_ui(&ctx, &mut self.settings_window, &mut self.settings, lang) {
+            self.keys = self.settings.key_bindings();
+            if let Err(e) = self.settings.save(&settings::Settings::path(&crate::config::data_dir())) {
+                self.status = e;
+            }
+        }
 
         egui::Panel::top("toolbar").show(ui, |ui| self.toolbar_ui(ui));
         egui::Panel::bottom("status").show(ui, |ui| {

@@ -24,26 +24,26 @@ pub struct Preset {
     pub window: Window,
 }
 
-/// CT presets (width / level): lung 1500/-600, mediastinum 350/40, bone 2000/300, abdomen 400/40, brain 80/40.
-pub fn modality_presets(modality: &str, lang: Lang) -> Vec<Preset> {
-    if modality != "CT" {
-        return Vec::new();
-    }
-    [
-        ("Lung", -600.0, 1500.0),
-        ("Mediastinum", 40.0, 350.0),
-        ("Bone", 300.0, 2000.0),
-        ("Abdomen", 40.0, 400.0),
-        ("Brain", 40.0, 80.0),
-    ]
-    .into_iter()
-    .map(|(name, center, width)| Preset { name: lang.tr(name).to_owned(), window: Window::new(center, width) })
-    .collect()
+/// The user's presets for a modality (defaults for CT, width / level: lung 1500/-600,
+/// mediastinum 350/40, bone 2000/300, abdomen 400/40, brain 80/40).
+pub fn modality_presets(modality: &str, defs: &[super::settings::PresetDef], lang: Lang) -> Vec<Preset> {
+    defs.iter()
+        .filter(|d| d.modality.eq_ignore_ascii_case(modality))
+        .map(|d| Preset { name: translated(&d.name, lang), window: Window::new(d.center, d.width) })
+        .collect()
+}
+
+/// A preset name in the UI language when it is one of the built-in names.
+fn translated(name: &str, lang: Lang) -> String {
+    ["Lung", "Mediastinum", "Bone", "Abdomen", "Brain"]
+        .into_iter()
+        .find(|n| *n == name)
+        .map_or_else(|| name.to_owned(), |n| lang.tr(n).to_owned())
 }
 
 /// Presets for a slice: the modality's, then the file's own windows, then automatic.
-pub fn presets_for(slice: &SliceImage, lang: Lang) -> Vec<Preset> {
-    let mut presets = modality_presets(&slice.info.modality, lang);
+pub fn presets_for(slice: &SliceImage, defs: &[super::settings::PresetDef], lang: Lang) -> Vec<Preset> {
+    let mut presets = modality_presets(&slice.info.modality, defs, lang);
     for (i, p) in slice.transform.presets.iter().enumerate() {
         if let VoiPreset::Window { window, explanation } = p {
             let name =
@@ -1081,10 +1081,12 @@ mod tests {
 
     #[test]
     fn ct_presets_match_the_conventional_values() {
-        let p = modality_presets("CT", Lang::En);
+        let defs = super::super::settings::Settings::default().presets;
+        let p = modality_presets("CT", &defs, Lang::En);
         assert_eq!(p[0].window, Window::new(-600.0, 1500.0));
         assert_eq!(p[1].window, Window::new(40.0, 350.0));
         assert_eq!(p[2].window, Window::new(300.0, 2000.0));
-        assert!(modality_presets("CR", Lang::En).is_empty());
+        assert!(modality_presets("CR", &defs, Lang::En).is_empty());
+        assert_eq!(modality_presets("CT", &defs, Lang::Ko)[0].name, "폐");
     }
 }
