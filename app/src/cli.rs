@@ -70,6 +70,27 @@ pub enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// List the AI models found (repository, beside the binary, the user's models folder) and their status.
+    Models {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the applicable AI models on a file or folder and report findings, nodules and Lung-RADS.
+    Read {
+        path: PathBuf,
+        /// Run only this model.
+        #[arg(long)]
+        model: Option<String>,
+        /// Write the report as JSON to this file.
+        #[arg(long, value_name = "OUT.json")]
+        json: Option<PathBuf>,
+        /// Write derived series (denoised CT) under this folder.
+        #[arg(long, value_name = "DIR")]
+        derived: Option<PathBuf>,
+        /// Also run models marked test-only (toy models for Lucent's own tests).
+        #[arg(long)]
+        include_test_models: bool,
+    },
     /// Check that the store's index and files agree.
     Verify {
         #[arg(long)]
@@ -213,6 +234,118 @@ pub fn run(cli: Cli) -> Result<()> {
                 c.studies,
                 c.instances
             );
+            Ok(())
+        }
+        Some(Command::Models { json }) => {
+            let registry = crate::ai::scan_registry();
+            if json {
+                let rows: Vec<serde_json::Value> = registry
+                    .entries()
+                    .iter()
+                    .map(|e| {
+                        let m = e.manifest.as_deref();
+                        serde_json::json!({
+                            "id": e.id(),
+                            "name": m.map(|m| m.name.clone()),
+                            "version": m.map(|m| m.version.clone()),
+                            "modalities": m.map(|m| m.modalities.clone()),
+                            "test_only": m.map(|m| m.test_only),
+                            "intended_use": m.map(|m| m.intended_use.clone()),
+                            "ready": e.status.is_ready(),
+                            "reason": e.status.reason().map(ToString::to_string),
+                            "manifest": e.manifest_path,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                if let Err(e) = inference::runtime::runtime() {
+                    println!("ONNX Runtime: not available: {e}");
+                }
+                if registry.entries().is_empty() {
+                    println!("No models found in {:?}", crate::ai::model_folders());
+                }
+                for e in registry.entries() {
+                    let m = e.manifest.as_deref();
+                    println!(
+                        "{:<28} {:<8} {:<10} {}{}",
+                        e.id(),
+                        m.map(|m| m.version.as_str()).unwrap_or("?"),
+                        m.map(|m| m.modalities.join(",")).unwrap_or_default(),
+                        match e.status.reason() {
+                            None => "ready".to_owned(),
+                            Some(reason) => format!("REFUSED: {reason}"),
+                        },
+                        if m.is_some_and(|m| m.test_only) { "  (test only)" } else { "" }
+                    );
+                }
+            }
+            Ok(())
+        }
+        Some(Command::Read { path, model, json, derived, include_test_models }) => {
+            anyhow::ensure!(path.exists(), "{} does not exist", path.display());
+            let options = crate::ai::ReadOptions { model, include_test_models, derived_dir: derived };
+            let report = crate::ai::read_path(&path, &options)?;
+            if let Some(out) = json {
+                std::fs::write(&out, serde_json::to_string_pretty(&report)?)
+                    .with_context(|| format!("writing {}", out.display()))?;
+            }
+            println!("{}", report.disclaimer);
+            for s in &report.series {
+                println!("Series {} {} [{}]", s.modality, s.description, s.series_uid);
+                for m in &s.models {
+                    match &m.error {
+                        None => println!(
+                            "  model {} {} ({})",
+                            m.model_id,
+                            m.model_version,
+                            m.execution_provider.as_deref().unwrap_or("?")
+                        ),
+                        Some(e) => println!("  model {} {}: FAILED: {e}", m.model_id, m.model_version),
+                    }
+                }
+                for f in &s.findings {
+                    println!(
+                        "  {:<24} {:.3} (threshold {:.2}) {}  [{} {}]",
+                        f.label,
+                        f.score,
+                        f.threshold,
+                        if f.positive { "POSITIVE" } else { "negative" },
+                        f.model_id,
+                        f.model_version
+                    );
+                }
+                for n in &s.nodules {
+                    match &n.measurement {
+                        Some(m) => println!(
+                            "  nodule at ({:.1}, {:.1}, {:.1}) mm: {:?}, {:.1} x {:.1} mm (mean {:.1}), {:.0} mm3, Lung-RADS {}",
+                            m.centroid_patient_mm[0],
+                            m.centroid_patient_mm[1],
+                            m.centroid_patient_mm[2],
+                            m.nodule_type,
+                            m.axes.long_axis_mm,
+                            m.axes.short_axis_mm,
+                            m.axes.mean_diameter_mm,
+                            m.volume_mm3,
+                            n.lung_rads.as_deref().unwrap_or("?")
+                        ),
+                        None => println!(
+                            "  nodule candidate (score {:.2}): not measurable: {}",
+                            n.candidate.score,
+                            n.measurement_error.as_deref().unwrap_or("")
+                        ),
+                    }
+                }
+                if let Some(l) = &s.lung_rads {
+                    println!("  Lung-RADS {} ({}): {}", l.category, l.descriptor, l.management);
+                }
+                if !s.derived_series.is_empty() {
+                    println!("  derived series: {} files", s.derived_series.len());
+                }
+                for note in &s.notes {
+                    println!("  note: {note}");
+                }
+            }
             Ok(())
         }
         Some(Command::Verify { json }) => {

@@ -111,3 +111,119 @@ fn an_import_killed_half_way_completes_on_rerun() {
     let report = store.check_consistency().unwrap();
     assert!(report.is_consistent(), "{report:?}");
 }
+
+/// The ONNX Runtime library this test process found, for child processes whose HOME is a temp dir.
+fn have_runtime() -> bool {
+    if let Ok(runtime) = inference::runtime::runtime() {
+        // SAFETY of intent: tests set it once, to the same value, before spawning children.
+        unsafe { std::env::set_var("LUCENT_ORT_LIB", runtime.library()) };
+        return true;
+    }
+    assert!(std::env::var("LUCENT_REQUIRE_TEST_DATA").is_err(), "ONNX Runtime is missing: run cargo xtask setup");
+    eprintln!("SKIP: ONNX Runtime is not installed");
+    false
+}
+
+#[test]
+fn read_runs_the_test_models_on_a_cxr_and_a_ct_and_writes_json_and_a_derived_series() {
+    if !have_runtime() {
+        return;
+    }
+    use pacs::synth::{Nodule, NoduleKind, RadiographSpec};
+    let src = tempfile::tempdir().unwrap();
+    synth::write_radiograph(&src.path().join("cxr.dcm"), &RadiographSpec::chest("read-cxr", 256)).unwrap();
+    let mut ct = CtSeriesSpec { noise_hu: 5.0, ..CtSeriesSpec::chest("read-ct", 40, 96) };
+    ct.origin_mm[2] = -200.0;
+    ct.nodules = vec![Nodule { center_mm: [-70.0, -10.0, -150.0], diameter_mm: 12.0, kind: NoduleKind::Solid }];
+    synth::write_ct_series(&src.path().join("ct"), &ct).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let json_path = out.path().join("read.json");
+
+    let models: serde_json::Value =
+        serde_json::from_str(&run_ok(lucent(out.path()).args(["models", "--json"]))).unwrap();
+    let ready: Vec<&str> =
+        models.as_array().unwrap().iter().filter(|m| m["ready"] == true).map(|m| m["id"].as_str().unwrap()).collect();
+    for id in ["lucent-test-cxr", "lucent-test-ct-denoise", "lucent-test-ct-detect"] {
+        assert!(ready.contains(&id), "{id} is ready: {models}");
+    }
+
+    let text = run_ok(
+        lucent(out.path())
+            .arg("read")
+            .arg(src.path())
+            .arg("--include-test-models")
+            .arg("--json")
+            .arg(&json_path)
+            .arg("--derived")
+            .arg(out.path().join("derived")),
+    );
+    assert!(text.contains("not for diagnosis"), "{text}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    let series = report["series"].as_array().unwrap();
+    let cxr = series.iter().find(|s| s["modality"] == "CR").unwrap();
+    let findings = cxr["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 6);
+    for f in findings {
+        assert_eq!(f["model_id"], "lucent-test-cxr");
+        assert_eq!(f["model_version"], "1.0.0");
+        assert!(f["score"].as_f64().is_some() && f["threshold"].as_f64().is_some());
+    }
+    let ct_reading = series.iter().find(|s| s["modality"] == "CT").unwrap();
+    // The synthetic nodule is found where it was put, measured, typed and categorised.
+    let nodule = ct_reading["nodules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| {
+            let c = &n["measurement"]["centroid_patient_mm"];
+            (c[0].as_f64().unwrap_or(0.0) + 70.0).abs() < 3.0 && (c[2].as_f64().unwrap_or(0.0) + 150.0).abs() < 3.0
+        })
+        .unwrap_or_else(|| panic!("no nodule at the synthetic position: {}", ct_reading["nodules"]));
+    let mean = nodule["measurement"]["axes"]["mean_diameter_mm"].as_f64().unwrap();
+    assert!((mean - 12.0).abs() < 2.5, "mean diameter {mean} mm");
+    assert_eq!(nodule["measurement"]["nodule_type"], "Solid");
+    assert_eq!(nodule["lung_rads"], "4A", "a 12 mm solid nodule at baseline is 4A");
+    assert!(ct_reading["lung_rads"]["category"].as_str().is_some());
+    // The denoised series has new UIDs and the original geometry.
+    let derived: Vec<std::path::PathBuf> =
+        ct_reading["derived_series"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().into()).collect();
+    assert_eq!(derived.len(), 40);
+    let original = pacs::volume::scan_series(
+        &std::fs::read_dir(src.path().join("ct")).unwrap().map(|e| e.unwrap().path()).collect::<Vec<_>>(),
+        2,
+    )
+    .unwrap()
+    .remove(0);
+    let copy = pacs::volume::scan_series(&derived, 2).unwrap().remove(0);
+    assert_eq!(copy.patient_from_voxel, original.patient_from_voxel);
+    assert_ne!(copy.slices[0].info().series_instance_uid, original.slices[0].info().series_instance_uid);
+}
+
+#[test]
+fn read_explains_bad_input_without_crashing() {
+    if !have_runtime() {
+        return;
+    }
+    let src = tempfile::tempdir().unwrap();
+    synth::write_ct_series(src.path(), &CtSeriesSpec { noise_hu: 0.0, ..CtSeriesSpec::chest("bad-read", 4, 32) })
+        .unwrap();
+    // A CXR model asked to read a CT series: refused with the reason, not a crash.
+    let out = lucent(src.path()).arg("read").arg(src.path()).args(["--model", "lucent-test-cxr"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("model lucent-test-cxr does not accept CT images"), "{text}");
+    // An unknown model id.
+    let out = lucent(src.path()).arg("read").arg(src.path()).args(["--model", "nope"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no model with id"));
+    // No runtime library: the message says how to fix it.
+    let out = lucent(src.path())
+        .arg("read")
+        .arg(src.path())
+        .env("LUCENT_ORT_LIB", "/nonexistent/libonnxruntime.so.1.31.1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cargo xtask setup"), "{err}");
+    assert!(!err.contains("panicked"));
+}

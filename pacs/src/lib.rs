@@ -18,6 +18,7 @@
 
 pub mod attrs;
 pub mod decode;
+pub mod derive;
 mod error;
 pub mod file;
 pub mod import;
