@@ -179,7 +179,8 @@ pub fn read_path(path: &Path, options: &ReadOptions) -> Result<ReadReport> {
     Ok(report)
 }
 
-fn read_series(registry: &Registry, series_uid: String, paths: &[PathBuf], options: &ReadOptions) -> SeriesReading {
+/// Runs every applicable ready model on one series (its files in `paths`).
+pub fn read_series(registry: &Registry, series_uid: String, paths: &[PathBuf], options: &ReadOptions) -> SeriesReading {
     let mut reading = SeriesReading { series_uid, ..Default::default() };
     let plans = match volume::scan_series(paths, volume::default_threads()) {
         Ok(p) => p,

@@ -299,3 +299,28 @@ fn dicom_overlay_planes_are_drawn_on_the_image() {
     assert!(h.state().viewports[0].overlays_drawn() >= 1);
     h.snapshot("overlay_planes");
 }
+
+#[test]
+fn ai_findings_are_listed_with_their_model_and_drawn_on_the_image() {
+    if inference::runtime::runtime().is_err() {
+        assert!(std::env::var("LUCENT_REQUIRE_TEST_DATA").is_err(), "ONNX Runtime is missing: run cargo xtask setup");
+        eprintln!("SKIP: ONNX Runtime is not installed");
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let (_, cr) = sample_store(root.path());
+    let mut h = harness(&root.path().join("store"));
+    h.state_mut().ai.include_test_models = true;
+    open(&mut h, &cr);
+    wait_until(&mut h, |app| app.ai.readings.contains_key(&cr));
+    let reading = h.state().ai.readings[&cr].clone();
+    assert_eq!(reading.models.len(), 1);
+    assert_eq!(reading.models[0].model_id, "lucent-test-cxr");
+    assert_eq!(reading.findings.len(), 6);
+    assert!(reading.findings.iter().all(|f| f.model_version == "1.0.0"));
+    assert!(
+        h.query_by_label_contains("Toy CXR model (tests only) 1.0.0").is_some(),
+        "the panel names the model and version"
+    );
+    h.snapshot("ai_findings");
+}

@@ -6,6 +6,7 @@
 //!   screenshot when there is no display).
 //! * `test`: set up, then formatting, clippy, the crate-boundary check, and every test.
 //! * `check-deps`: the crate-boundary rules (leaves never know each other).
+//! * `bench`: set up, create the Python peers' venv, run the imaging benchmark.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -40,8 +41,9 @@ fn main() -> Result<()> {
         "demo" => demo(&root),
         "test" => test(&root),
         "check-deps" => check_deps(&root),
+        "bench" => bench(&root),
         _ => {
-            eprintln!("usage: cargo xtask <setup|demo|test|check-deps>");
+            eprintln!("usage: cargo xtask <setup|demo|test|check-deps|bench>");
             bail!("unknown task {task:?}")
         }
     }
@@ -215,6 +217,28 @@ fn test(root: &Path) -> Result<()> {
         .env("LUCENT_TEST_DATA", data_dir(root))
         .env("LUCENT_REQUIRE_TEST_DATA", "1")
         .env("XDG_RUNTIME_DIR", runtime))
+}
+
+/// The imaging benchmark against pydicom: the peers' venv (created once), the corpora, the bench.
+fn bench(root: &Path) -> Result<()> {
+    let venv = data_dir(root).join("venv");
+    let python = venv.join("bin/python");
+    if !python.is_file() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    let ready = Command::new(&python)
+        .args(["-c", "import pydicom, numpy, pylibjpeg, libjpeg, openjpeg, rle"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ready {
+        run(Command::new(&python)
+            .args(["-m", "pip", "install", "--disable-pip-version-check", "-q"])
+            .arg(format!("pydicom=={PYDICOM_VERSION}"))
+            .args(["numpy", "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle"]))?;
+    }
+    setup(root)?;
+    run(cargo().current_dir(root).args(["bench", "-p", "lucent-tests", "--bench", "imaging"]))
 }
 
 fn demo(root: &Path) -> Result<()> {

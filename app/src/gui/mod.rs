@@ -4,6 +4,7 @@
 //! `lucent-loader` (+ `lucent-slices-N`), thumbnails on `lucent-thumbs`, demo set-up on
 //! `lucent-demo`. They answer through bounded channels and wake the UI with a repaint request.
 
+pub mod ai_panel;
 pub mod bridge;
 pub mod browser;
 pub mod hanging;
@@ -44,6 +45,13 @@ pub fn run(cli: Cli) -> Result<()> {
     };
     eframe::run_native("Lucent", options, Box::new(move |cc| Ok(Box::new(LucentApp::new(cc, store_dir, demo)?))))
         .map_err(|e| anyhow::anyhow!("cannot open the window: {e}"))
+}
+
+/// The files of a series, once each (multi-frame files hold several slices).
+fn series_files(series: &loader::SeriesData) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = series.plan.slices.iter().map(|s| s.path.clone()).collect();
+    files.dedup();
+    files
 }
 
 /// Keyboard actions of the active viewport, with rebindable keys.
@@ -119,6 +127,8 @@ pub struct LucentApp {
     pub sync_scroll: bool,
     pub protocols: hanging::HangingProtocols,
     store_dir: PathBuf,
+    pub ai: ai_panel::AiState,
+    ai_worker: ai_panel::AiWorker,
     pub settings: settings::Settings,
     settings_window: settings::SettingsWindow,
     repaint: Arc<dyn Fn() + Send + Sync>,
@@ -142,6 +152,7 @@ impl LucentApp {
         let loader = Loader::start(repaint.clone())?;
         let thumbs = Thumbnailer::start(repaint.clone())?;
         let mpr = MprWorker::start(repaint.clone())?;
+        let ai_worker = ai_panel::AiWorker::start(repaint.clone())?;
         let mut app = Self {
             lang: Lang::En,
             browser: Browser { dirty: true, ..Default::default() },
@@ -165,6 +176,8 @@ impl LucentApp {
             sync_scroll: true,
             protocols: hanging::HangingProtocols::defaults(),
             store_dir: store_dir.clone(),
+            ai: ai_panel::AiState::default(),
+            ai_worker,
             settings: settings::Settings::default(),
             settings_window: settings::SettingsWindow::default(),
             repaint: repaint.clone(),
@@ -330,6 +343,9 @@ impl LucentApp {
         while let Ok(event) = self.loader.events.try_recv() {
             match event {
                 LoaderEvent::Opened { viewport, series, window } => {
+                    if self.ai.auto_run {
+                        self.ai.request(&self.ai_worker, &series.series_uid, series_files(&series), false);
+                    }
                     if let Some(vp) = self.viewports.get_mut(viewport) {
                         vp.set_series(series);
                         vp.window = window;
@@ -342,6 +358,9 @@ impl LucentApp {
             if let Some(vp) = self.viewports.get_mut(viewport) {
                 vp.mpr_image = Some(image);
             }
+        }
+        while let Ok(event) = self.ai_worker.events.try_recv() {
+            self.ai.handle(event);
         }
         while let Ok(thumb) = self.thumbs.done.try_recv() {
             let texture = thumb
@@ -719,6 +738,21 @@ impl eframe::App for LucentApp {
                 self.open_study(study);
             }
         });
+        egui::Panel::right("ai").default_size(300.0).resizable(true).show(ui, |ui| {
+            let active = self.viewports.get(self.active).and_then(|v| v.series.clone());
+            let out = ai_panel::ai_panel_ui(ui, &mut self.ai, active.as_ref().map(|s| s.series_uid.as_str()), lang);
+            if out.run_again
+                && let Some(series) = &active
+            {
+                self.ai.request(&self.ai_worker, &series.series_uid, series_files(series), true);
+            }
+            if let Some((slice, _, _)) = out.go_to
+                && let Some(vp) = self.viewports.get_mut(self.active)
+            {
+                vp.mpr = None;
+                vp.set_slice(slice);
+            }
+        });
         egui::CentralPanel::default().frame(egui::Frame::NONE.fill(egui::Color32::BLACK)).show(ui, |ui| {
             let area = ui.max_rect();
             let cells: Vec<(usize, Rect)> = match self.fullscreen {
@@ -746,7 +780,7 @@ impl eframe::App for LucentApp {
                     lang,
                     reference: reference.clone(),
                 };
-                let out = viewport_ui(ui, rect, &mut self.viewports[i], cx, measurements);
+                let out = viewport_ui(ui, rect, &mut self.viewports[i], cx, measurements, &self.ai);
                 if let Some(spec) = out.mpr_request
                     && let Some(series) = self.viewports[i].series.clone()
                 {

@@ -323,6 +323,7 @@ pub fn viewport_ui(
     vp: &mut Viewport,
     cx: ViewportContext,
     mut measurements: Option<&mut Measurements>,
+    ai: &super::ai_panel::AiState,
 ) -> ViewportOutput {
     let ViewportContext { active, crosshair, tool, lang, reference } = cx;
     let mut out = ViewportOutput::default();
@@ -468,6 +469,9 @@ pub fn viewport_ui(
                 rect.center() + Vec2::new(s[0], s[1]) / ppp
             };
             painter.line_segment([to_screen(a), to_screen(b)], Stroke::new(1.5, Color32::from_rgb(255, 200, 60)));
+        }
+        if vp.mpr.is_none() {
+            super::ai_panel::draw_ai_marks(&painter, rect, ai, slice, key.1, &transform, ppp);
         }
         if vp.mpr.is_none()
             && let Some(ms) = measurements.as_deref()

@@ -1,0 +1,278 @@
+//! AI in the workstation: the `lucent-ai` worker runs the applicable models on a series when it
+//! opens (or on demand), the findings panel lists what they said with model name and version,
+//! and the viewport draws contours, boxes and nodule marks with an opacity and per-finding toggles.
+//! When ONNX Runtime is missing the viewer keeps working and the panel says how to fix it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender};
+use egui::{Color32, Pos2, Rect, Stroke, Vec2};
+use render::ViewTransform;
+
+use super::i18n::Lang;
+use super::loader::SliceImage;
+use crate::ai::{ReadOptions, SeriesReading};
+
+/// A request to read a series.
+struct AiRequest {
+    series_uid: String,
+    paths: Vec<PathBuf>,
+    include_test_models: bool,
+}
+
+/// What the AI worker reports.
+pub enum AiEvent {
+    /// The runtime or the registry is unusable: the message says how to fix it.
+    Unavailable(String),
+    Started(String),
+    Done(Box<SeriesReading>),
+}
+
+/// Handle to the AI worker.
+pub struct AiWorker {
+    requests: Sender<AiRequest>,
+    pub events: Receiver<AiEvent>,
+}
+
+impl AiWorker {
+    pub fn start(repaint: Arc<dyn Fn() + Send + Sync>) -> std::io::Result<Self> {
+        let (requests, rx) = crossbeam_channel::bounded::<AiRequest>(8);
+        let (tx, events) = crossbeam_channel::bounded::<AiEvent>(16);
+        std::thread::Builder::new().name("lucent-ai".into()).spawn(move || {
+            let mut registry = None;
+            for request in rx.iter() {
+                if let Err(e) = inference::runtime::runtime() {
+                    let _ = tx.send(AiEvent::Unavailable(e.to_string()));
+                    repaint();
+                    continue;
+                }
+                let registry = registry.get_or_insert_with(crate::ai::scan_registry);
+                let _ = tx.send(AiEvent::Started(request.series_uid.clone()));
+                repaint();
+                let options = ReadOptions { include_test_models: request.include_test_models, ..Default::default() };
+                let reading = crate::ai::read_series(registry, request.series_uid, &request.paths, &options);
+                if tx.send(AiEvent::Done(Box::new(reading))).is_err() {
+                    break;
+                }
+                repaint();
+            }
+        })?;
+        Ok(Self { requests, events })
+    }
+
+    /// Queues a reading; false when the queue is full.
+    pub fn request(&self, series_uid: String, paths: Vec<PathBuf>, include_test_models: bool) -> bool {
+        self.requests.try_send(AiRequest { series_uid, paths, include_test_models }).is_ok()
+    }
+}
+
+/// AI state shown in the UI.
+pub struct AiState {
+    pub readings: HashMap<String, SeriesReading>,
+    pub running: BTreeSet<String>,
+    pub unavailable: Option<String>,
+    /// Findings hidden on the image: (series, model, label).
+    pub hidden: BTreeSet<(String, String, String)>,
+    pub opacity: f32,
+    pub auto_run: bool,
+    pub include_test_models: bool,
+    requested: BTreeSet<String>,
+}
+
+impl Default for AiState {
+    fn default() -> Self {
+        Self {
+            readings: HashMap::new(),
+            running: BTreeSet::new(),
+            unavailable: None,
+            hidden: BTreeSet::new(),
+            opacity: 0.8,
+            auto_run: true,
+            include_test_models: false,
+            requested: BTreeSet::new(),
+        }
+    }
+}
+
+impl AiState {
+    /// Asks for a reading of a series once (again when `force`).
+    pub fn request(&mut self, worker: &AiWorker, series_uid: &str, paths: Vec<PathBuf>, force: bool) {
+        if (force || !self.requested.contains(series_uid))
+            && worker.request(series_uid.to_owned(), paths, self.include_test_models)
+        {
+            self.requested.insert(series_uid.to_owned());
+        }
+    }
+
+    pub fn handle(&mut self, event: AiEvent) {
+        match event {
+            AiEvent::Unavailable(message) => {
+                self.unavailable = Some(message);
+                self.running.clear();
+            }
+            AiEvent::Started(uid) => {
+                self.running.insert(uid);
+            }
+            AiEvent::Done(reading) => {
+                self.unavailable = None;
+                self.running.remove(&reading.series_uid);
+                self.readings.insert(reading.series_uid.clone(), *reading);
+            }
+        }
+    }
+
+    fn visible(&self, series: &str, model: &str, label: &str) -> bool {
+        !self.hidden.contains(&(series.to_owned(), model.to_owned(), label.to_owned()))
+    }
+}
+
+/// What the panel asks for.
+#[derive(Debug, Default)]
+pub struct AiPanelOutput {
+    pub run_again: bool,
+    /// Go to this nodule: (slice index, pixel x, pixel y).
+    pub go_to: Option<(usize, f32, f32)>,
+}
+
+/// The findings panel for the series in the active viewport.
+pub fn ai_panel_ui(ui: &mut egui::Ui, state: &mut AiState, series_uid: Option<&str>, lang: Lang) -> AiPanelOutput {
+    let mut out = AiPanelOutput::default();
+    ui.heading(lang.tr("AI findings"));
+    ui.weak(crate::ai::DISCLAIMER);
+    ui.separator();
+    if let Some(message) = &state.unavailable {
+        ui.colored_label(Color32::from_rgb(255, 170, 60), format!("{}: {message}", lang.tr("AI is not available")));
+        return out;
+    }
+    ui.horizontal(|ui| {
+        ui.checkbox(&mut state.auto_run, lang.tr("Run on open"));
+        ui.checkbox(&mut state.include_test_models, lang.tr("Test models"));
+    });
+    ui.add(egui::Slider::new(&mut state.opacity, 0.0..=1.0).text(lang.tr("Opacity")));
+    let Some(uid) = series_uid else {
+        ui.weak(lang.tr("Open a series"));
+        return out;
+    };
+    if ui.button(lang.tr("Run AI")).clicked() {
+        out.run_again = true;
+    }
+    if state.running.contains(uid) {
+        ui.horizontal(|ui| {
+            ui.spinner();
+            ui.label(lang.tr("Running models…"));
+        });
+    }
+    let Some(reading) = state.readings.get(uid).cloned() else { return out };
+    for m in &reading.models {
+        let text = format!("{} {} ({})", m.model_name, m.model_version, m.execution_provider.as_deref().unwrap_or("?"));
+        match &m.error {
+            None => ui.label(text),
+            Some(e) => ui.colored_label(Color32::from_rgb(255, 120, 100), format!("{text}: {e}")),
+        };
+    }
+    for note in &reading.notes {
+        ui.weak(note);
+    }
+    egui::ScrollArea::vertical().id_salt("ai-findings").show(ui, |ui| {
+        for f in &reading.findings {
+            let key = (uid.to_owned(), f.model_id.clone(), f.label.clone());
+            let mut shown = !state.hidden.contains(&key);
+            let colour = if f.positive { Color32::from_rgb(255, 110, 90) } else { Color32::GRAY };
+            let text = egui::RichText::new(format!("{}  {:.2} / {:.2}", f.label, f.score, f.threshold)).color(colour);
+            if ui.checkbox(&mut shown, text).on_hover_text(format!("{} {}", f.model_id, f.model_version)).changed() {
+                if shown {
+                    state.hidden.remove(&key);
+                } else {
+                    state.hidden.insert(key.clone());
+                }
+            }
+        }
+        for (i, n) in reading.nodules.iter().enumerate() {
+            let Some(m) = &n.measurement else { continue };
+            let text = format!(
+                "{} {}: {:?} {:.1} mm ({:.1} × {:.1}), {:.0} mm³, Lung-RADS {}",
+                lang.tr("Nodule"),
+                i + 1,
+                m.nodule_type,
+                m.axes.mean_diameter_mm,
+                m.axes.long_axis_mm,
+                m.axes.short_axis_mm,
+                m.volume_mm3,
+                n.lung_rads.as_deref().unwrap_or("?")
+            );
+            if ui.link(text).on_hover_text(format!("{} {}", n.candidate.model_id, n.candidate.model_version)).clicked()
+            {
+                out.go_to = Some((m.axes.slice, m.centroid_voxel[0] as f32, m.centroid_voxel[1] as f32));
+            }
+        }
+        if let Some(l) = &reading.lung_rads {
+            ui.separator();
+            ui.strong(format!("Lung-RADS {} — {}", l.category, l.descriptor));
+            ui.label(&l.management);
+        }
+    });
+    out
+}
+
+/// Draws the AI marks of `slice` (CXR contours and boxes; CT nodules on their slices).
+pub fn draw_ai_marks(
+    painter: &egui::Painter,
+    rect: Rect,
+    state: &AiState,
+    slice: &SliceImage,
+    slice_index: usize,
+    transform: &ViewTransform,
+    ppp: f32,
+) {
+    let Some(reading) = state.readings.get(&slice.info.series_instance_uid) else { return };
+    let alpha = (state.opacity.clamp(0.0, 1.0) * 255.0) as u8;
+    let to_screen = |p: [f64; 2]| {
+        let s = transform.image_to_screen([p[0] as f32 + 0.5, p[1] as f32 + 0.5]);
+        rect.center() + Vec2::new(s[0], s[1]) / ppp
+    };
+    for f in reading.findings.iter().filter(|f| f.positive) {
+        if !state.visible(&reading.series_uid, &f.model_id, &f.label) {
+            continue;
+        }
+        let Some(g) = &f.geometry else { continue };
+        let colour = Color32::from_rgba_unmultiplied(255, 90, 70, alpha);
+        for c in &g.contours {
+            let points: Vec<Pos2> = c.points_px.iter().map(|&p| to_screen(p)).collect();
+            if points.len() > 2 {
+                painter.add(egui::Shape::closed_line(points, Stroke::new(2.0, colour)));
+            }
+        }
+        if let Some(b) = g.boxes.first() {
+            let corner = to_screen(b.min_px);
+            painter.text(
+                corner,
+                egui::Align2::LEFT_BOTTOM,
+                format!("{} {:.2}", f.label, f.score),
+                egui::FontId::proportional(12.0),
+                colour,
+            );
+        }
+    }
+    for (i, n) in reading.nodules.iter().enumerate() {
+        let Some(m) = &n.measurement else { continue };
+        if m.axes.slice != slice_index && (m.centroid_voxel[2].round() as usize) != slice_index {
+            continue;
+        }
+        let colour = Color32::from_rgba_unmultiplied(255, 200, 40, alpha);
+        let [[x0, y0], [x1, y1]] = m.axes.long_axis_ends;
+        painter.line_segment([to_screen([x0, y0]), to_screen([x1, y1])], Stroke::new(1.5, colour));
+        let centre = to_screen([m.centroid_voxel[0], m.centroid_voxel[1]]);
+        let radius_px =
+            (m.axes.mean_diameter_mm / slice.info.spacing().map_or(1.0, |s| s.column_mm)) as f32 * transform.zoom / ppp;
+        painter.circle_stroke(centre, radius_px / 2.0 + 6.0, Stroke::new(1.5, colour));
+        painter.text(
+            centre + Vec2::new(radius_px / 2.0 + 8.0, 0.0),
+            egui::Align2::LEFT_CENTER,
+            format!("{} {:.1} mm, LR {}", i + 1, m.axes.mean_diameter_mm, n.lung_rads.as_deref().unwrap_or("?")),
+            egui::FontId::proportional(12.0),
+            colour,
+        );
+    }
+}
