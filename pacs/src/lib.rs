@@ -5,13 +5,16 @@
 //! * [`file`]: open Part 10 files whole, header-only or from bytes.
 //! * [`decode`]: Pixel Data of every common transfer syntax to native samples, one frame at a time
 //!   (native little/big endian, deflate, RLE, JPEG baseline / 12-bit extended / lossless through
-//!   libjpeg-turbo, JPEG-LS through CharLS, JPEG 2000 through OpenJPEG's Rust port).
+//!   libjpeg-turbo, JPEG-LS through CharLS, JPEG 2000 through the C OpenJPEG).
 //! * [`pixels`]: the one pixel pipeline: modality LUT, VOI (windows and LUTs, LINEAR /
 //!   LINEAR_EXACT / SIGMOID), MONOCHROME1 and Presentation LUT Shape, padding, palette colour.
+//!   [`decode::overlays`] gives the overlay planes (60xx) of a frame.
 //! * [`volume`]: series to volumes sorted by geometry, with `patient_from_voxel` and warnings.
-//! * [`store`]: the crash-safe local study store (SQLite index + files) and its query API.
+//! * [`store`]: the crash-safe local study store (SQLite index + files), its query API, and the
+//!   measurements kept per study.
 //! * [`import`]: parallel import of files, folders, DICOMDIR and ZIP into the store.
 //! * [`synth`]: synthetic series with known geometry, for tests and the demo.
+//! * [`derive`]: derived series (e.g. denoised CT) written as new DICOM instances.
 //!
 //! This crate must not depend on egui, wgpu, winit, rfd or ort (CI checks it).
 //! Errors never carry patient data.
