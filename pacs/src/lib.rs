@@ -19,6 +19,9 @@
 //! This crate must not depend on egui, wgpu, winit, rfd or ort (CI checks it).
 //! Errors never carry patient data.
 
+// Linked only to enable OpenJPEG's thread pool (the `threads` feature) for dicom-pixeldata.
+use openjpeg_sys as _;
+
 pub mod attrs;
 pub mod decode;
 pub mod derive;

@@ -287,6 +287,10 @@ fn main() {
         let lucent = measure(|| {
             let mut c = Command::new(&exe);
             c.arg("--child").arg(case.child_case).arg(input);
+            // As the lucent binary does: OpenJPEG's thread pool on all cores.
+            if std::env::var_os("OPJ_NUM_THREADS").is_none() {
+                c.env("OPJ_NUM_THREADS", "ALL_CPUS");
+            }
             c
         })
         .unwrap_or_else(|e| panic!("Lucent {}: {e}", case.name));

@@ -221,7 +221,12 @@ impl Viewport {
     pub fn effective_window(&self, slice: &SliceImage) -> Window {
         self.window.unwrap_or_else(|| match slice.transform.presets.first() {
             Some(VoiPreset::Window { window, .. }) => *window,
-            _ => match slice.samples {
+            // A VOI LUT: the linear window spanning the values it maps.
+            Some(VoiPreset::Table { lut, .. }) => {
+                let width = lut.data.len().max(2) as f64;
+                Window::new(lut.first_mapped as f64 + width / 2.0, width)
+            }
+            None => match slice.samples {
                 super::loader::SliceSamples::Rgba8(_) => Window::new(0.5, 1.0),
                 _ => auto_window(slice),
             },
