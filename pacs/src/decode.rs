@@ -227,6 +227,36 @@ pub fn decode_frame(obj: &DefaultDicomObject, frame: u32) -> Result<Frame> {
     })?;
 
     match pixel_data.value() {
+        Value::Primitive(dicom_core::PrimitiveValue::U16(words))
+            if module.bits_allocated == 16 && module.samples_per_pixel == 1 && !module.float =>
+        {
+            // Fast path: 16-bit samples are already held as u16; no byte round trip.
+            let n = module.rows as usize * module.columns as usize;
+            let start = frame as usize * n;
+            let words = words
+                .get(start..start + n)
+                .ok_or(Error::PixelDataLength { expected: (start + n) * 2, actual: words.len() * 2 })?;
+            let stored = u32::from(module.bits_stored);
+            let samples = if module.signed {
+                if stored >= 16 {
+                    Samples::I16(words.iter().map(|&w| w as i16).collect())
+                } else {
+                    let shift = 16 - stored;
+                    Samples::I16(words.iter().map(|&w| ((w << shift) as i16) >> shift).collect())
+                }
+            } else {
+                let mask = if stored >= 16 { u16::MAX } else { (1u16 << stored) - 1 };
+                Samples::U16(words.iter().map(|&w| w & mask).collect())
+            };
+            Ok(Frame {
+                columns: module.columns,
+                rows: module.rows,
+                samples_per_pixel: 1,
+                photometric: mono_photometric(&module.photometric),
+                bits_stored: module.bits_stored,
+                samples,
+            })
+        }
         Value::Primitive(p) => {
             let bytes = p.to_bytes();
             // Big-endian OW is held as 16-bit words; 32-bit samples need their words swapped back.
