@@ -240,6 +240,10 @@ pub fn read_series(registry: &Registry, series_uid: String, paths: &[PathBuf], o
                         plan.slices.len() > 1,
                         "a CT model needs a stack of slices; this series has one image"
                     );
+                    anyhow::ensure!(
+                        plan.spacing_source == Some(pacs::SpacingSource::PixelSpacing),
+                        "the series has no Pixel Spacing: CT models need sizes in mm and will not guess them"
+                    );
                     if volume.is_none() {
                         volume = Some(volume::load_stack(plan.clone(), volume::default_threads(), None)?);
                     }

@@ -227,3 +227,28 @@ fn read_explains_bad_input_without_crashing() {
     assert!(err.contains("cargo xtask setup"), "{err}");
     assert!(!err.contains("panicked"));
 }
+
+#[test]
+fn read_refuses_an_image_too_small_and_a_ct_without_pixel_spacing() {
+    if !have_runtime() {
+        return;
+    }
+    let src = tempfile::tempdir().unwrap();
+    synth::write_radiograph(&src.path().join("tiny.dcm"), &pacs::synth::RadiographSpec::chest("tiny", 16)).unwrap();
+    let text = run_ok(lucent(src.path()).arg("read").arg(src.path()).arg("--include-test-models"));
+    assert!(text.contains("FAILED") && text.contains("too small"), "{text}");
+
+    // A CT whose PixelSpacing was removed: the CT models refuse it rather than assume 1 mm.
+    let ct_dir = src.path().join("ct");
+    let files =
+        synth::write_ct_series(&ct_dir, &CtSeriesSpec { noise_hu: 0.0, ..CtSeriesSpec::chest("no-spacing", 6, 32) })
+            .unwrap();
+    for f in &files {
+        let mut obj = pacs::file::open(f).unwrap();
+        obj.remove_element(dicom_dictionary_std::tags::PIXEL_SPACING);
+        obj.write_to_file(f).unwrap();
+    }
+    let text = run_ok(lucent(src.path()).arg("read").arg(&ct_dir).arg("--include-test-models"));
+    assert!(text.contains("no Pixel Spacing"), "{text}");
+    assert!(!text.contains("nodule at"), "{text}");
+}

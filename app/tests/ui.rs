@@ -318,6 +318,8 @@ fn ai_findings_are_listed_with_their_model_and_drawn_on_the_image() {
     assert_eq!(reading.models[0].model_id, "lucent-test-cxr");
     assert_eq!(reading.findings.len(), 6);
     assert!(reading.findings.iter().all(|f| f.model_version == "1.0.0"));
+    // Each finding carries its 56x56 map for the heat-map display.
+    assert!(reading.findings.iter().all(|f| f.geometry.as_ref().is_some_and(|g| g.map.values.len() == 56 * 56)));
     assert!(
         h.query_by_label_contains("Toy CXR model (tests only) 1.0.0").is_some(),
         "the panel names the model and version"

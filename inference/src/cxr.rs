@@ -207,6 +207,14 @@ pub fn preprocess(manifest: &ModelManifest, image: &GreyImage) -> Result<Prepare
         Some(r) => (r.size[0], r.size[1]),
         None => (ch, cw),
     };
+    // An image much smaller than the size the model resizes to holds too little detail to be read.
+    let (min_w, min_h) = (out_w / 4, out_h / 4);
+    if p.resize.is_some() && (cw < min_w || ch < min_h) {
+        return Err(Error::Input(format!(
+            "the image is too small: {cw}x{ch} pixels to read, and model `{}` needs at least {min_w}x{min_h} (its input is {out_w}x{out_h})",
+            manifest.id
+        )));
+    }
     // 3, 4, 5 per channel (the normalisation may differ per channel).
     let per_channel_differs = matches!(&p.normalization, crate::manifest::Normalization::MeanStd { mean, std } if mean.len() > 1 || std.len() > 1);
     let mut data = Vec::with_capacity(channels * out_h * out_w);
@@ -258,6 +266,16 @@ pub struct FindingBox {
     pub peak: f32,
 }
 
+/// A label's map after its activation (values in [0, 1] for sigmoid maps), covering the crop
+/// rectangle `crop` (`x0`, `y0`, width, height in original pixels). Not written to JSON.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FindingMap {
+    pub width: usize,
+    pub height: usize,
+    pub values: Vec<f32>,
+    pub crop: [usize; 4],
+}
+
 /// Where a finding is, from its per-label map.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FindingGeometry {
@@ -268,6 +286,9 @@ pub struct FindingGeometry {
     pub boxes: Vec<FindingBox>,
     /// `Some(calibrated)` when mm values are given.
     pub spacing_calibrated: Option<bool>,
+    /// The map itself, for heat-map display.
+    #[serde(skip)]
+    pub map: FindingMap,
 }
 
 /// One label's result.
@@ -376,7 +397,8 @@ pub fn postprocess(
                     }
                 })
                 .collect();
-            (FindingGeometry { level, contours, boxes, spacing_calibrated: spacing.map(|s| s.calibrated) }, plane)
+            let map = FindingMap { width: *mw, height: *mh, values: plane.data.clone(), crop: geometry.crop };
+            (FindingGeometry { level, contours, boxes, spacing_calibrated: spacing.map(|s| s.calibrated), map }, plane)
         });
         let score = match (&scores, &geometry) {
             (Some(s), _) => s[k],

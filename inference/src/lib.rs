@@ -35,7 +35,7 @@ pub mod runtime;
 pub mod session;
 pub mod worker;
 
-pub use cxr::{CxrResult, Finding, GreyImage, GreySamples, PixelSpacing};
+pub use cxr::{CxrResult, Finding, FindingMap, GreyImage, GreySamples, PixelSpacing};
 pub use error::{Error, Result};
 pub use manifest::ModelManifest;
 pub use registry::{ModelEntry, ModelStatus, Registry};

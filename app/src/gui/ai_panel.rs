@@ -78,7 +78,11 @@ pub struct AiState {
     pub opacity: f32,
     pub auto_run: bool,
     pub include_test_models: bool,
+    /// Show the positive findings' heat maps (besides their contours).
+    pub heatmaps: bool,
     requested: BTreeSet<String>,
+    /// Heat-map textures by (series, model, label).
+    heatmap_textures: std::sync::Mutex<HashMap<(String, String, String), egui::TextureHandle>>,
 }
 
 impl Default for AiState {
@@ -91,7 +95,9 @@ impl Default for AiState {
             opacity: 0.8,
             auto_run: true,
             include_test_models: false,
+            heatmaps: true,
             requested: BTreeSet::new(),
+            heatmap_textures: std::sync::Mutex::new(HashMap::new()),
         }
     }
 }
@@ -118,6 +124,9 @@ impl AiState {
             AiEvent::Done(reading) => {
                 self.unavailable = None;
                 self.running.remove(&reading.series_uid);
+                if let Ok(mut textures) = self.heatmap_textures.lock() {
+                    textures.retain(|k, _| k.0 != reading.series_uid);
+                }
                 self.readings.insert(reading.series_uid.clone(), *reading);
             }
         }
@@ -151,6 +160,7 @@ pub fn ai_panel_ui(ui: &mut egui::Ui, state: &mut AiState, series_uid: Option<&s
         ui.checkbox(&mut state.include_test_models, lang.tr("Test models"));
     });
     ui.add(egui::Slider::new(&mut state.opacity, 0.0..=1.0).text(lang.tr("Opacity")));
+    ui.checkbox(&mut state.heatmaps, lang.tr("Heat maps"));
     let Some(uid) = series_uid else {
         ui.weak(lang.tr("Open a series"));
         return out;
@@ -216,6 +226,16 @@ pub fn ai_panel_ui(ui: &mut egui::Ui, state: &mut AiState, series_uid: Option<&s
     out
 }
 
+/// A transparent-to-red-to-yellow colour for a map value; nothing below half the contour level.
+fn heat_colour(v: f32, level: f32) -> Color32 {
+    let t = ((v - level * 0.5) / (1.0 - level * 0.5).max(1e-3)).clamp(0.0, 1.0);
+    if t <= 0.0 {
+        return Color32::TRANSPARENT;
+    }
+    let (r, g) = (255.0, 255.0 * (t - 0.5).max(0.0) * 2.0);
+    Color32::from_rgba_unmultiplied(r as u8, g as u8, 0, (160.0 * t) as u8)
+}
+
 /// Draws the AI marks of `slice` (CXR contours and boxes; CT nodules on their slices).
 pub fn draw_ai_marks(
     painter: &egui::Painter,
@@ -237,6 +257,42 @@ pub fn draw_ai_marks(
             continue;
         }
         let Some(g) = &f.geometry else { continue };
+        if state.heatmaps && !g.map.values.is_empty() {
+            let key = (reading.series_uid.clone(), f.model_id.clone(), f.label.clone());
+            let texture = state.heatmap_textures.lock().ok().map(|mut textures| {
+                textures
+                    .entry(key)
+                    .or_insert_with(|| {
+                        let m = &g.map;
+                        let pixels = m.values.iter().map(|&v| heat_colour(v, g.level)).collect();
+                        painter.ctx().load_texture(
+                            format!("heat-{}-{}-{}", reading.series_uid, f.model_id, f.label),
+                            egui::ColorImage::new([m.width, m.height], pixels),
+                            egui::TextureOptions::LINEAR,
+                        )
+                    })
+                    .clone()
+            });
+            if let Some(texture) = texture {
+                let [x0, y0, w, h] = g.map.crop.map(|v| v as f64);
+                let corner = |x: f64, y: f64| {
+                    let s = transform.image_to_screen([x as f32, y as f32]);
+                    rect.center() + Vec2::new(s[0], s[1]) / ppp
+                };
+                let tint = Color32::from_white_alpha(alpha);
+                let mut mesh = egui::Mesh::with_texture(texture.id());
+                for (p, uv) in [
+                    (corner(x0, y0), [0.0, 0.0]),
+                    (corner(x0 + w, y0), [1.0, 0.0]),
+                    (corner(x0 + w, y0 + h), [1.0, 1.0]),
+                    (corner(x0, y0 + h), [0.0, 1.0]),
+                ] {
+                    mesh.vertices.push(egui::epaint::Vertex { pos: p, uv: Pos2::new(uv[0], uv[1]), color: tint });
+                }
+                mesh.indices.extend_from_slice(&[0, 1, 2, 0, 2, 3]);
+                painter.add(egui::Shape::mesh(mesh));
+            }
+        }
         let colour = Color32::from_rgba_unmultiplied(255, 90, 70, alpha);
         for c in &g.contours {
             let points: Vec<Pos2> = c.points_px.iter().map(|&p| to_screen(p)).collect();

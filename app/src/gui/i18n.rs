@@ -73,6 +73,7 @@ const KO: &[(&str, &str)] = &[
     ("Run AI", "AI 실행"),
     ("Running models…", "모델 실행 중…"),
     ("Nodule", "결절"),
+    ("Heat maps", "히트맵"),
     ("Window presets", "윈도우 프리셋"),
     ("Name", "이름"),
     ("Remove", "삭제"),
