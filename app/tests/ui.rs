@@ -326,3 +326,31 @@ fn ai_findings_are_listed_with_their_model_and_drawn_on_the_image() {
     );
     h.snapshot("ai_findings");
 }
+
+#[test]
+fn the_denoised_ct_is_added_to_the_store_beside_the_original() {
+    if inference::runtime::runtime().is_err() {
+        assert!(std::env::var("LUCENT_REQUIRE_TEST_DATA").is_err(), "ONNX Runtime is missing: run cargo xtask setup");
+        eprintln!("SKIP: ONNX Runtime is not installed");
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let (ct, _) = sample_store(root.path());
+    let store_dir = root.path().join("store");
+    let mut h = harness(&store_dir);
+    h.state_mut().ai.include_test_models = true;
+    open(&mut h, &ct);
+    wait_until(&mut h, |app| app.ai.readings.contains_key(&ct));
+    let reading = h.state().ai.readings[&ct].clone();
+    assert!(
+        reading.notes.iter().any(|n| n.contains("denoised series added to the store (16 images)")),
+        "{:?}",
+        reading.notes
+    );
+    let store = Store::open(&store_dir).unwrap();
+    let study = store.studies(&StudyQuery { modality: "CT".into(), ..Default::default() }).unwrap().remove(0);
+    let series = store.series(&study.study_uid).unwrap();
+    assert_eq!(series.len(), 2, "original and denoised series in one study");
+    assert!(series.iter().any(|s| s.description.contains("denoised by lucent-test-ct-denoise 1.0.0")));
+    assert!(!store_dir.join("derived").exists(), "the staging folder is removed");
+}

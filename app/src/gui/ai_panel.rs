@@ -37,7 +37,9 @@ pub struct AiWorker {
 }
 
 impl AiWorker {
-    pub fn start(repaint: Arc<dyn Fn() + Send + Sync>) -> std::io::Result<Self> {
+    /// Starts the worker; derived series (a denoised CT) are written into, and imported into, the
+    /// store at `store_dir` so the viewer shows them beside the original.
+    pub fn start(store_dir: PathBuf, repaint: Arc<dyn Fn() + Send + Sync>) -> std::io::Result<Self> {
         let (requests, rx) = crossbeam_channel::bounded::<AiRequest>(8);
         let (tx, events) = crossbeam_channel::bounded::<AiEvent>(16);
         std::thread::Builder::new().name("lucent-ai".into()).spawn(move || {
@@ -51,8 +53,32 @@ impl AiWorker {
                 let registry = registry.get_or_insert_with(crate::ai::scan_registry);
                 let _ = tx.send(AiEvent::Started(request.series_uid.clone()));
                 repaint();
-                let options = ReadOptions { include_test_models: request.include_test_models, ..Default::default() };
-                let reading = crate::ai::read_series(registry, request.series_uid, &request.paths, &options);
+                let derived_dir = store_dir.join("derived");
+                let options = ReadOptions {
+                    include_test_models: request.include_test_models,
+                    derived_dir: Some(derived_dir.clone()),
+                    ..Default::default()
+                };
+                let mut reading = crate::ai::read_series(registry, request.series_uid, &request.paths, &options);
+                if !reading.derived_series.is_empty() {
+                    let imported = pacs::store::Store::open(&store_dir).and_then(|mut store| {
+                        pacs::import::import_paths(
+                            &mut store,
+                            &reading.derived_series,
+                            &Default::default(),
+                            &|_| {},
+                            &std::sync::atomic::AtomicBool::new(false),
+                        )
+                    });
+                    // The store keeps its own copy; the written files were only a staging area.
+                    let _ = std::fs::remove_dir_all(&derived_dir);
+                    match imported {
+                        Ok(s) => reading
+                            .notes
+                            .push(format!("denoised series added to the store ({} images)", s.imported + s.duplicates)),
+                        Err(e) => reading.notes.push(format!("the denoised series could not be stored: {e}")),
+                    }
+                }
                 if tx.send(AiEvent::Done(Box::new(reading))).is_err() {
                     break;
                 }

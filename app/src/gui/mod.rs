@@ -35,8 +35,19 @@ use viewport::{Viewport, ViewportContext, presets_for, viewport_ui};
 pub fn run(cli: Cli) -> Result<()> {
     let demo = cli.demo;
     let store_dir = if demo { crate::config::demo_store_dir() } else { crate::config::store_dir(cli.store) };
+    // Ask for the adapter's real limits (textures larger than the defaults, e.g. big radiographs).
+    let mut setup = egui_wgpu::WgpuSetupCreateNew::without_display_handle();
+    setup.device_descriptor = Arc::new(|adapter| wgpu::DeviceDescriptor {
+        label: Some("lucent device"),
+        required_limits: adapter.limits(),
+        ..Default::default()
+    });
     let options = eframe::NativeOptions {
         renderer: eframe::Renderer::Wgpu,
+        wgpu_options: egui_wgpu::WgpuConfiguration {
+            wgpu_setup: egui_wgpu::WgpuSetup::CreateNew(setup),
+            ..Default::default()
+        },
         viewport: egui::ViewportBuilder::default()
             .with_inner_size([1600.0, 1000.0])
             .with_min_inner_size([800.0, 500.0])
@@ -152,7 +163,7 @@ impl LucentApp {
         let loader = Loader::start(repaint.clone())?;
         let thumbs = Thumbnailer::start(repaint.clone())?;
         let mpr = MprWorker::start(repaint.clone())?;
-        let ai_worker = ai_panel::AiWorker::start(repaint.clone())?;
+        let ai_worker = ai_panel::AiWorker::start(store_dir.clone(), repaint.clone())?;
         let mut app = Self {
             lang: Lang::En,
             browser: Browser { dirty: true, ..Default::default() },
@@ -360,6 +371,13 @@ impl LucentApp {
             }
         }
         while let Ok(event) = self.ai_worker.events.try_recv() {
+            if matches!(&event, ai_panel::AiEvent::Done(r) if !r.derived_series.is_empty()) {
+                // A derived series (denoised CT) was added to the store: show it in the browser.
+                self.browser.dirty = true;
+                if let Some(study) = self.browser.selected_study.clone() {
+                    self.store.send(StoreRequest::Series(study));
+                }
+            }
             self.ai.handle(event);
         }
         while let Ok(thumb) = self.thumbs.done.try_recv() {
