@@ -253,7 +253,10 @@ fn demo(root: &Path) -> Result<()> {
     let shot = root.join("target/lucent-demo.png");
     eprintln!("No display: opening the workstation under Xvfb; a screenshot will be written to {}", shot.display());
     run(Command::new(&exe).arg("demo"))?;
+    let runtime = std::env::temp_dir().join("lucent-xdg-runtime");
+    std::fs::create_dir_all(&runtime)?;
     run(Command::new("xvfb-run")
+        .env("XDG_RUNTIME_DIR", std::env::var_os("XDG_RUNTIME_DIR").map_or(runtime, std::path::PathBuf::from))
         .args(["-a", "-s", "-screen 0 1600x1000x24", "sh", "-c"])
         .arg("\"$0\" --demo & app=$!; sleep \"${LUCENT_DEMO_SECONDS:-20}\"; import -window root \"$1\"; kill $app; wait $app 2>/dev/null; true")
         .arg(&exe)
