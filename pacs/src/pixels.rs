@@ -228,6 +228,19 @@ fn group_item(obj: &InMemDicomObject, frame: u32, seq: Tag) -> Option<&InMemDico
 }
 
 impl PixelTransform {
+    /// A transform with no presets, padding or palette (synthetic images, tests).
+    pub fn simple(modality: ModalityLut, unit: &str, photometric: Photometric) -> Self {
+        Self {
+            modality,
+            unit: unit.to_owned(),
+            presets: vec![],
+            photometric,
+            presentation_inverse: false,
+            padding: None,
+            palette: None,
+        }
+    }
+
     /// Reads the transform for `frame` of an object whose first frame was decoded as `decoded`.
     pub fn from_object(obj: &InMemDicomObject, frame: u32, decoded: &Frame) -> Self {
         let rescale_source = group_item(obj, frame, tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE).unwrap_or(obj);
@@ -446,15 +459,8 @@ mod tests {
             bits_stored: 12,
             samples: Samples::U16(vec![0, 4095]),
         };
-        let t = PixelTransform {
-            modality: ModalityLut::Rescale { slope: 2.0, intercept: -10.0 },
-            unit: String::new(),
-            presets: vec![],
-            photometric: Photometric::Monochrome1,
-            presentation_inverse: false,
-            padding: None,
-            palette: None,
-        };
+        let t =
+            PixelTransform::simple(ModalityLut::Rescale { slope: 2.0, intercept: -10.0 }, "", Photometric::Monochrome1);
         assert_eq!(t.modality_values(&frame), vec![-10.0, 8180.0]);
         let voi = Voi::Window(Window { center: 4085.0, width: 8190.0, function: VoiFunction::LinearExact });
         assert_eq!(t.render_u8(&frame, &voi, false), vec![255, 0]);

@@ -62,15 +62,7 @@ fn shader_window_level_matches_the_cpu_reference() {
             bits_stored: 12,
             samples: samples.clone(),
         };
-        let transform = PixelTransform {
-            modality: modality.clone(),
-            unit: String::new(),
-            presets: vec![],
-            photometric: *photometric,
-            presentation_inverse: false,
-            padding: None,
-            palette: None,
-        };
+        let transform = PixelTransform::simple(modality.clone(), "", *photometric);
         let image = match samples {
             Samples::U16(v) => renderer.upload(&device, &queue, w, h, render::Samples::U16(v)).unwrap(),
             Samples::I16(v) => renderer.upload(&device, &queue, w, h, render::Samples::I16(v)).unwrap(),
