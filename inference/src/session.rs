@@ -105,6 +105,10 @@ impl ModelSession {
                 .with_intra_threads(threads)
                 .map_err(|e| Error::ort(ctx, e))?
                 .with_inter_threads(1)
+                .map_err(|e| Error::ort(ctx, e))?
+                // Idle intra-op threads sleep instead of spinning: Lucent's own pre/post-processing
+                // runs between model calls and needs the cores.
+                .with_intra_op_spinning(false)
                 .map_err(|e| Error::ort(ctx, e))
         };
         let load_error = |e: ort::Error| Error::ModelLoad { path: model_path.to_path_buf(), message: e.to_string() };

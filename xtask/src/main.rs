@@ -7,6 +7,7 @@
 //! * `test`: set up, then formatting, clippy, the crate-boundary check, and every test.
 //! * `check-deps`: the crate-boundary rules (leaves never know each other).
 //! * `bench`: set up, create the Python peers' venv, run the imaging benchmark.
+//! * `bench-ai`: set up, create the onnxruntime peer's venv, run the AI latency benchmark.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -42,8 +43,9 @@ fn main() -> Result<()> {
         "test" => test(&root),
         "check-deps" => check_deps(&root),
         "bench" => bench(&root),
+        "bench-ai" => bench_ai(&root),
         _ => {
-            eprintln!("usage: cargo xtask <setup|demo|test|check-deps|bench>");
+            eprintln!("usage: cargo xtask <setup|demo|test|check-deps|bench|bench-ai>");
             bail!("unknown task {task:?}")
         }
     }
@@ -239,6 +241,30 @@ fn bench(root: &Path) -> Result<()> {
     }
     setup(root)?;
     run(cargo().current_dir(root).args(["bench", "-p", "lucent-tests", "--bench", "imaging"]))
+}
+
+/// The AI latency benchmark against Python onnxruntime: its venv (created once; the wheel `setup`
+/// downloaded, numpy and scikit-image), then the bench.
+fn bench_ai(root: &Path) -> Result<()> {
+    setup(root)?;
+    let venv = data_dir(root).join("venv-ort");
+    let python = venv.join("bin/python");
+    if !python.is_file() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    let ready = Command::new(&python)
+        .args(["-c", "import onnxruntime, numpy, skimage, scipy"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ready {
+        run(Command::new(&python)
+            .args(["-m", "pip", "install", "--disable-pip-version-check", "-q", "--find-links"])
+            .arg(data_dir(root).join("wheels"))
+            .arg(format!("onnxruntime=={ORT_VERSION}"))
+            .args(["numpy", "scikit-image"]))?;
+    }
+    run(cargo().current_dir(root).args(["bench", "-p", "lucent-inference", "--bench", "latency"]))
 }
 
 fn demo(root: &Path) -> Result<()> {
