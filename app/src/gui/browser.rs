@@ -234,7 +234,7 @@ pub fn browser_ui(ui: &mut egui::Ui, b: &mut Browser, lang: Lang) -> BrowserOutp
                 "{}  {}\n{}  {}  {} · {} {}",
                 study.patient_name.replace('^', " "),
                 study.patient_id,
-                format_date(&study.study_date),
+                super::viewport::format_date(&study.study_date),
                 study.modalities,
                 study.description,
                 study.instances,
@@ -283,8 +283,4 @@ pub fn browser_ui(ui: &mut egui::Ui, b: &mut Browser, lang: Lang) -> BrowserOutp
         }
     });
     out
-}
-
-pub fn format_date(d: &str) -> String {
-    if d.len() == 8 { format!("{}-{}-{}", &d[0..4], &d[4..6], &d[6..8]) } else { d.to_owned() }
 }

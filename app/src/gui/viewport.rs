@@ -1026,7 +1026,8 @@ fn patient_orientation_vectors(text: &str) -> Option<[f64; 6]> {
     Some([row[0], row[1], row[2], col[0], col[1], col[2]])
 }
 
-fn format_date(d: &str) -> String {
+/// YYYYMMDD as YYYY-MM-DD; anything else (including non-ASCII text) as it is.
+pub(crate) fn format_date(d: &str) -> String {
     if d.len() == 8 && d.chars().all(|c| c.is_ascii_digit()) {
         format!("{}-{}-{}", &d[0..4], &d[4..6], &d[6..8])
     } else {
