@@ -154,44 +154,70 @@ pub fn denoise(
     let batch = fixed_batch.unwrap_or(batch_size.max(1));
     let slice_len = nx * ny;
     let mut out = volume.hu_vec();
+    let same_size = mw == nx && mh == ny;
+    // HU -> model units and back as plain affine maps, so the per-voxel loops vectorise.
+    let span = w.max - w.min;
+    let (scale, offset) = manifest.preprocessing.normalization.affine(0);
+    let (lo, hi) = (w.min, w.max);
+    let to_model = move |hu: f32| (hu.max(lo).min(hi) - lo) / span * scale + offset;
+    let inv_scale = 1.0 / scale;
+    let from_model = move |y: f32| (y - offset) * inv_scale * span + lo;
+    // One input buffer for every batch; slices are written straight into it (resampled only when
+    // the model's size differs), and results straight back into `out`.
+    let mut data: Vec<f32> = Vec::with_capacity(batch * mw * mh);
     ctx.report("denoising", 0, nz);
     let mut z0 = 0;
     while z0 < nz {
         ctx.check_cancelled()?;
         let z1 = (z0 + batch).min(nz);
         let n_items = fixed_batch.unwrap_or(z1 - z0);
-        let mut data = Vec::with_capacity(n_items * mw * mh);
+        data.clear();
         for z in z0..z1 {
-            let slice: Vec<f32> =
-                out[z * slice_len..(z + 1) * slice_len].iter().map(|&hu| to_model(hu, w, &manifest)).collect();
-            let plane = resample::resize_bilinear_clamped(&Plane::new(nx, ny, slice), mw, mh);
-            data.extend_from_slice(&plane.data);
-        }
-        data.resize(n_items * mw * mh, 0.0);
-        let result = session.run(&Tensor { shape: vec![n_items, 1, mh, mw], data })?;
-        let t = result.get(&output).ok_or_else(|| Error::Output {
-            model: manifest.id.clone(),
-            output: output.clone(),
-            message: "missing".into(),
-        })?;
-        if t.shape.len() != 4 || t.shape[0] < z1 - z0 || t.shape[1] != 1 {
-            return Err(Error::Output {
-                model: manifest.id.clone(),
-                output: output.clone(),
-                message: format!("shape {:?} is not [N, 1, H, W]", t.shape),
-            });
-        }
-        let (ow, oh) = (t.shape[3], t.shape[2]);
-        for (i, z) in (z0..z1).enumerate() {
-            let plane = Plane::new(ow, oh, t.data[i * ow * oh..(i + 1) * ow * oh].to_vec());
-            let back = resample::resize_bilinear_clamped(&plane, nx, ny);
-            let dst = &mut out[z * slice_len..(z + 1) * slice_len];
-            for (d, &y) in dst.iter_mut().zip(&back.data) {
-                if *d >= w.min && *d <= w.max {
-                    *d = manifest.preprocessing.normalization.invert(y, 0) * (w.max - w.min) + w.min;
-                }
+            let slice = out[z * slice_len..(z + 1) * slice_len].iter().map(|&hu| to_model(hu));
+            if same_size {
+                data.extend(slice);
+            } else {
+                let plane = resample::resize_bilinear_clamped(&Plane::new(nx, ny, slice.collect()), mw, mh);
+                data.extend_from_slice(&plane.data);
             }
         }
+        data.resize(n_items * mw * mh, 0.0);
+        let input = Tensor { shape: vec![n_items, 1, mh, mw], data: std::mem::take(&mut data) };
+        let result = session.run_with(&input, |outputs| {
+            let t = outputs.iter().find(|o| o.name == output).ok_or_else(|| Error::Output {
+                model: manifest.id.clone(),
+                output: output.clone(),
+                message: "missing".into(),
+            })?;
+            if t.shape.len() != 4 || t.shape[0] < z1 - z0 || t.shape[1] != 1 {
+                return Err(Error::Output {
+                    model: manifest.id.clone(),
+                    output: output.clone(),
+                    message: format!("shape {:?} is not [N, 1, H, W]", t.shape),
+                });
+            }
+            let (ow, oh) = (t.shape[3], t.shape[2]);
+            for (i, z) in (z0..z1).enumerate() {
+                let denoised = &t.data[i * ow * oh..(i + 1) * ow * oh];
+                let dst = &mut out[z * slice_len..(z + 1) * slice_len];
+                let put = move |dst: &mut [f32], values: &[f32]| {
+                    for (d, &y) in dst.iter_mut().zip(values) {
+                        // Voxels outside the window keep their value. A bit blend rather than
+                        // `if`, which LLVM turns into a branch per voxel; this vectorises.
+                        let keep_new = u32::from((*d >= lo) & (*d <= hi)).wrapping_neg();
+                        *d = f32::from_bits((from_model(y).to_bits() & keep_new) | (d.to_bits() & !keep_new));
+                    }
+                };
+                if (ow, oh) == (nx, ny) {
+                    put(dst, denoised);
+                } else {
+                    put(dst, &resample::resize_bilinear_clamped(&Plane::new(ow, oh, denoised.to_vec()), nx, ny).data);
+                }
+            }
+            Ok(())
+        });
+        data = input.data;
+        result?;
         z0 = z1;
         ctx.report("denoising", z0, nz);
     }

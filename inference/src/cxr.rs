@@ -183,18 +183,6 @@ pub fn preprocess(manifest: &ModelManifest, image: &GreyImage) -> Result<Prepare
             }
         },
     };
-    // 2. MONOCHROME1.
-    let invert = image.monochrome1 && p.monochrome1 == Monochrome1::Invert;
-    let mapped: Vec<f32> = {
-        let f = |x: f64| -> f32 {
-            let v = voi(x);
-            (if invert { maxval - v } else { v }) as f32
-        };
-        match &image.samples {
-            GreySamples::U16(v) => v.iter().map(|&x| f(f64::from(x))).collect(),
-            GreySamples::F32(v) => v.iter().map(|&x| f(f64::from(x))).collect(),
-        }
-    };
     // 4. Crop rectangle.
     let (x0, y0, cw, ch) = match p.crop {
         Crop::None => (0, 0, image.width, image.height),
@@ -215,23 +203,51 @@ pub fn preprocess(manifest: &ModelManifest, image: &GreyImage) -> Result<Prepare
             manifest.id
         )));
     }
-    // 3, 4, 5 per channel (the normalisation may differ per channel).
+    // 2. MONOCHROME1.
+    let invert = image.monochrome1 && p.monochrome1 == Monochrome1::Invert;
+    let grey = |x: f64| -> f32 {
+        let v = voi(x);
+        (if invert { maxval - v } else { v }) as f32
+    };
+    // 3, 4, 5 per channel (the normalisation may differ per channel): VOI, inversion and
+    // normalisation in one pass over the crop rectangle only (a table per stored value for
+    // integer samples: the same function, evaluated once per value instead of once per pixel).
     let per_channel_differs = matches!(&p.normalization, crate::manifest::Normalization::MeanStd { mean, std } if mean.len() > 1 || std.len() > 1);
+    let table: Vec<f32> = match &image.samples {
+        GreySamples::U16(v) => {
+            let top = v.iter().copied().max().unwrap_or(0);
+            (0..=top).map(|x| grey(f64::from(x))).collect()
+        }
+        GreySamples::F32(_) => Vec::new(),
+    };
+    let crop_plane = |c: usize| -> Plane {
+        let mut values = Vec::with_capacity(cw * ch);
+        for y in y0..y0 + ch {
+            let row = y * image.width + x0..y * image.width + x0 + cw;
+            match &image.samples {
+                GreySamples::U16(v) => {
+                    values.extend(v[row].iter().map(|&x| p.normalization.apply(table[usize::from(x)], c)))
+                }
+                GreySamples::F32(v) => {
+                    values.extend(v[row].iter().map(|&x| p.normalization.apply(grey(f64::from(x)), c)))
+                }
+            }
+        }
+        Plane::new(cw, ch, values)
+    };
     let mut data = Vec::with_capacity(channels * out_h * out_w);
-    let mut first: Option<Vec<f32>> = None;
     for c in 0..channels {
-        if let (false, Some(done)) = (per_channel_differs, &first) {
-            data.extend_from_slice(done);
+        if c > 0 && !per_channel_differs {
+            data.extend_from_within(..out_h * out_w);
             continue;
         }
-        let normalised: Vec<f32> = mapped.iter().map(|&x| p.normalization.apply(x, c)).collect();
-        let plane = Plane::new(image.width, image.height, normalised).crop(x0, y0, cw, ch);
-        let resized = match &p.resize {
-            Some(r) => resample::resize(&plane, out_w, out_h, r.interpolation, r.antialias),
-            None => plane,
-        };
-        data.extend_from_slice(&resized.data);
-        first.get_or_insert(resized.data);
+        let plane = crop_plane(c);
+        match &p.resize {
+            Some(r) => {
+                data.extend_from_slice(&resample::resize(&plane, out_w, out_h, r.interpolation, r.antialias).data)
+            }
+            None => data.extend_from_slice(&plane.data),
+        }
     }
     Ok(Prepared {
         tensor: Tensor { shape: vec![1, channels, out_h, out_w], data },

@@ -326,6 +326,20 @@ impl Normalization {
         }
     }
 
+    /// [`Self::apply`] for channel `c` as `x * scale + offset` (exact for [`Self::Unit`], within
+    /// an ulp or two otherwise), for loops that should not branch on the variant per value.
+    pub fn affine(&self, c: usize) -> (f32, f32) {
+        match self {
+            Self::Xrv { maxval } => (2.0 / maxval * 1024.0, -1024.0),
+            Self::Unit => (1.0, 0.0),
+            Self::MeanStd { mean, std } => {
+                let m = mean.get(c).or(mean.first()).copied().unwrap_or(0.0);
+                let s = std.get(c).or(std.first()).copied().unwrap_or(1.0);
+                (1.0 / s, -m / s)
+            }
+        }
+    }
+
     /// The inverse of [`Self::apply`].
     #[inline]
     pub fn invert(&self, y: f32, c: usize) -> f32 {

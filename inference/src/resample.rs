@@ -82,47 +82,64 @@ pub fn gaussian_kernel(sigma: f64) -> Vec<f64> {
 /// Separable Gaussian filter, zeros outside (`mode="constant", cval=0`); `sigma <= 1e-15` skips an
 /// axis as scipy does. `sigma = [along x, along y]`. Rows are filtered (y) first, like scipy's axis order.
 pub fn gaussian_filter_zero_pad(src: &Plane, sigma: [f64; 2]) -> Vec<f64> {
+    let rows: Vec<usize> = (0..src.height).collect();
+    let cols: Vec<usize> = (0..src.width).collect();
+    gaussian_filter_sampled(src, sigma, &rows, &cols)
+}
+
+/// [`gaussian_filter_zero_pad`] evaluated only at the grid `rows` x `cols` (row-major, `rows.len()`
+/// by `cols.len()`), with the same arithmetic in the same order, so the values are identical. A
+/// resize reads the filtered image at a few rows and columns only: for 2048 x 2500 -> 224 x 224
+/// this is ~2% of the work of filtering everything.
+pub fn gaussian_filter_sampled(src: &Plane, sigma: [f64; 2], rows: &[usize], cols: &[usize]) -> Vec<f64> {
     let (w, h) = (src.width, src.height);
-    let mut cur: Vec<f64> = src.data.iter().map(|&v| f64::from(v)).collect();
-    if sigma[1] > 1e-15 {
-        let k = gaussian_kernel(sigma[1]);
-        let r = (k.len() / 2) as isize;
-        let mut out = vec![0.0; w * h];
-        for y in 0..h as isize {
-            for (i, &kw) in k.iter().enumerate() {
-                let sy = y + i as isize - r;
-                if sy < 0 || sy >= h as isize {
-                    continue;
-                }
-                let (src_row, dst_row) = (sy as usize * w, y as usize * w);
-                for x in 0..w {
-                    out[dst_row + x] += kw * cur[src_row + x];
-                }
-            }
-        }
-        // scipy stores each pass in the array's dtype (float32 here).
-        cur = out.into_iter().map(|v| f64::from(v as f32)).collect();
-    }
-    if sigma[0] > 1e-15 {
-        let k = gaussian_kernel(sigma[0]);
-        let r = (k.len() / 2) as isize;
-        let mut out = vec![0.0; w * h];
-        for y in 0..h {
-            let row = y * w;
-            for x in 0..w as isize {
-                let mut acc = 0.0;
-                for (i, &kw) in k.iter().enumerate() {
-                    let sx = x + i as isize - r;
-                    if sx >= 0 && sx < w as isize {
-                        acc += kw * cur[row + sx as usize];
+    let ky = (sigma[1] > 1e-15).then(|| gaussian_kernel(sigma[1]));
+    let kx = (sigma[0] > 1e-15).then(|| gaussian_kernel(sigma[0]));
+    let mut out = Vec::with_capacity(rows.len() * cols.len());
+    // One filtered (along y) row at a time, reused.
+    let mut row_buf = vec![0.0f64; w];
+    for &y in rows {
+        match &ky {
+            Some(k) => {
+                row_buf.fill(0.0);
+                let r = k.len() / 2;
+                // Taps whose source row lies inside the image: sy = y + i - r in [0, h).
+                let i_first = r.saturating_sub(y);
+                let i_end = k.len().min(h + r - y);
+                for (i, &kw) in k.iter().enumerate().take(i_end).skip(i_first) {
+                    let src_row = &src.data[(y + i - r) * w..(y + i - r + 1) * w];
+                    for (acc, &v) in row_buf.iter_mut().zip(src_row) {
+                        *acc += kw * f64::from(v);
                     }
                 }
-                out[row + x as usize] = f64::from(acc as f32);
+                // scipy stores each pass in the array's dtype (float32 here).
+                for v in &mut row_buf {
+                    *v = f64::from(*v as f32);
+                }
+            }
+            None => {
+                for (acc, &v) in row_buf.iter_mut().zip(&src.data[y * w..(y + 1) * w]) {
+                    *acc = f64::from(v);
+                }
             }
         }
-        cur = out;
+        match &kx {
+            Some(k) => {
+                let r = k.len() / 2;
+                for &x in cols {
+                    let i_first = r.saturating_sub(x);
+                    let i_end = k.len().min(w + r - x);
+                    let mut acc = 0.0;
+                    for (i, &kw) in k.iter().enumerate().take(i_end).skip(i_first) {
+                        acc += kw * row_buf[x + i - r];
+                    }
+                    out.push(f64::from(acc as f32));
+                }
+            }
+            None => out.extend(cols.iter().map(|&x| row_buf[x])),
+        }
     }
-    cur
+    out
 }
 
 /// Bilinear taps for one axis: for each output index, `(i0, w0, i1, w1)` where an index of
@@ -141,18 +158,36 @@ fn linear_taps(n_in: usize, n_out: usize) -> Vec<(usize, f64, usize, f64)> {
         .collect()
 }
 
+/// The sorted distinct in-image indices `taps` read; rewrites each tap to its position in that list.
+fn compact_taps(taps: &mut [(usize, f64, usize, f64)]) -> Vec<usize> {
+    let mut used: Vec<usize> = taps.iter().flat_map(|&(i0, _, i1, _)| [i0, i1]).filter(|&i| i != usize::MAX).collect();
+    used.sort_unstable();
+    used.dedup();
+    let position = |i: usize| if i == usize::MAX { i } else { used.binary_search(&i).unwrap_or(usize::MAX) };
+    for tap in taps.iter_mut() {
+        tap.0 = position(tap.0);
+        tap.2 = position(tap.2);
+    }
+    used
+}
+
 fn resize_bilinear_skimage(src: &Plane, width: usize, height: usize, antialias: bool) -> Plane {
     let shrinking = width < src.width || height < src.height;
-    let filtered: Vec<f64> = if antialias && shrinking {
+    let mut tx = linear_taps(src.width, width);
+    let mut ty = linear_taps(src.height, height);
+    // Only the rows and columns the taps read are filtered; the taps are renumbered to index them.
+    let rows = compact_taps(&mut ty);
+    let cols = compact_taps(&mut tx);
+    let sigma = if antialias && shrinking {
         let sx = ((src.width as f64 / width as f64) - 1.0).max(0.0) / 2.0;
         let sy = ((src.height as f64 / height as f64) - 1.0).max(0.0) / 2.0;
-        gaussian_filter_zero_pad(src, [sx, sy])
+        [sx, sy]
     } else {
-        src.data.iter().map(|&v| f64::from(v)).collect()
+        [0.0, 0.0]
     };
-    let tx = linear_taps(src.width, width);
-    let ty = linear_taps(src.height, height);
-    let at = |x: usize, y: usize| if x == usize::MAX || y == usize::MAX { 0.0 } else { filtered[y * src.width + x] };
+    let filtered = gaussian_filter_sampled(src, sigma, &rows, &cols);
+    let n_cols = cols.len();
+    let at = |x: usize, y: usize| if x == usize::MAX || y == usize::MAX { 0.0 } else { filtered[y * n_cols + x] };
     let (lo, hi) = min_max(&src.data);
     let mut data = Vec::with_capacity(width * height);
     for &(y0, wy0, y1, wy1) in &ty {
@@ -329,6 +364,48 @@ mod tests {
         let r = resize(&p, 10, 10, Interpolation::Bilinear, true);
         // Centre pixels are far from the zero padding; every pixel is clipped to [5, 5].
         assert!(r.data.iter().all(|&v| (v - 5.0).abs() < 1e-6), "{:?}", r.data);
+    }
+
+    #[test]
+    fn sampled_filter_equals_the_full_filter_at_its_points() {
+        let (w, h) = (37, 23);
+        let data: Vec<f32> = (0..w * h).map(|i| ((i * 7919) % 251) as f32 - 100.0).collect();
+        let p = Plane::new(w, h, data);
+        for sigma in [[1.3, 2.1], [0.0, 1.7], [2.4, 0.0], [0.0, 0.0], [9.0, 9.0]] {
+            let full = gaussian_filter_zero_pad(&p, sigma);
+            let (rows, cols) = (vec![0, 3, 11, 22], vec![0, 1, 18, 36]);
+            let sampled = gaussian_filter_sampled(&p, sigma, &rows, &cols);
+            let expected: Vec<f64> =
+                rows.iter().flat_map(|&y| cols.iter().map(move |&x| (y, x))).map(|(y, x)| full[y * w + x]).collect();
+            assert_eq!(sampled, expected, "sigma {sigma:?}");
+        }
+    }
+
+    #[test]
+    fn filter_matches_a_direct_two_dimensional_sum() {
+        // Independent reference: the 2-D sum with zero padding (f64 throughout; the filter rounds
+        // each pass to f32, hence the tolerance).
+        let (w, h) = (15, 11);
+        let data: Vec<f32> = (0..w * h).map(|i| ((i * 31) % 17) as f32).collect();
+        let p = Plane::new(w, h, data.clone());
+        let sigma = [1.1, 0.8];
+        let (kx, ky) = (gaussian_kernel(sigma[0]), gaussian_kernel(sigma[1]));
+        let (rx, ry) = ((kx.len() / 2) as isize, (ky.len() / 2) as isize);
+        let full = gaussian_filter_zero_pad(&p, sigma);
+        for y in 0..h as isize {
+            for x in 0..w as isize {
+                let mut acc = 0.0;
+                for (j, wy) in ky.iter().enumerate() {
+                    for (i, wx) in kx.iter().enumerate() {
+                        let (sx, sy) = (x + i as isize - rx, y + j as isize - ry);
+                        if (0..w as isize).contains(&sx) && (0..h as isize).contains(&sy) {
+                            acc += wx * wy * f64::from(data[sy as usize * w + sx as usize]);
+                        }
+                    }
+                }
+                assert!((full[y as usize * w + x as usize] - acc).abs() < 1e-4, "({x}, {y})");
+            }
+        }
     }
 
     #[test]

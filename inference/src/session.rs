@@ -189,6 +189,17 @@ impl ModelSession {
 
     /// Run the model on its (single) input; returns every manifest output by name.
     pub fn run(&mut self, input: &Tensor) -> Result<BTreeMap<String, Tensor>> {
+        self.run_with(input, |outputs| {
+            Ok(outputs
+                .iter()
+                .map(|o| (o.name.to_owned(), Tensor { shape: o.shape.clone(), data: o.data.to_vec() }))
+                .collect())
+        })
+    }
+
+    /// Like [`Self::run`], but hands `read` views of the outputs in ONNX Runtime's memory (in the
+    /// manifest's output order), so a large result is read once instead of copied first.
+    pub fn run_with<R>(&mut self, input: &Tensor, read: impl FnOnce(&[OutputView<'_>]) -> Result<R>) -> Result<R> {
         let manifest = Arc::clone(&self.manifest);
         let [spec] = manifest.inputs.as_slice() else {
             return Err(Error::Input(format!(
@@ -211,7 +222,7 @@ impl ModelSession {
             .session
             .run(ort::inputs![spec.name.as_str() => value])
             .map_err(|e| Error::ort(format!("running model `{}`", manifest.id), e))?;
-        let mut out = BTreeMap::new();
+        let mut views = Vec::with_capacity(manifest.outputs.len());
         for o in &manifest.outputs {
             let bad = |message: String| Error::Output { model: manifest.id.clone(), output: o.name.clone(), message };
             let value = outputs.get(o.name.as_str()).ok_or_else(|| bad("missing from the results".into()))?;
@@ -222,10 +233,18 @@ impl ModelSession {
             {
                 return Err(bad(format!("has shape {shape:?}, the manifest says {:?}", o.shape)));
             }
-            out.insert(o.name.clone(), Tensor { shape, data: data.to_vec() });
+            views.push(OutputView { name: &o.name, shape, data });
         }
-        Ok(out)
+        read(&views)
     }
+}
+
+/// One output of [`ModelSession::run_with`], borrowed from ONNX Runtime.
+#[derive(Debug)]
+pub struct OutputView<'a> {
+    pub name: &'a str,
+    pub shape: Vec<usize>,
+    pub data: &'a [f32],
 }
 
 /// Read the model file and check its SHA-256 against the manifest.
