@@ -90,12 +90,28 @@ pub enum Command {
         /// Also run models marked test-only (toy models for Lucent's own tests).
         #[arg(long)]
         include_test_models: bool,
+        #[command(flatten)]
+        exports: crate::report_cli::ReadExportArgs,
     },
     /// Check that the store's index and files agree.
     Verify {
         #[arg(long)]
         json: bool,
     },
+    /// Write synthetic chest radiographs with lesion masks and labels (training data for the CXR model).
+    SynthCxr(crate::synth_cli::SynthCxrArgs),
+    /// Score many radiographs (DICOM or PNG) with one CXR model through Lucent's pipeline, as CSV.
+    ScoreCxr(crate::synth_cli::ScoreCxrArgs),
+    /// Talk to PACS nodes (DIMSE): echo, find, get, move, store, and the saved nodes.
+    Pacs(crate::pacs_cli::PacsArgs),
+    /// Run Lucent's Store SCP (receives C-STORE pushes into the store) until interrupted.
+    Scp(crate::pacs_cli::ScpArgs),
+    /// Check the report store's audit log (hash chain).
+    #[command(subcommand)]
+    Audit(crate::report_cli::AuditCommand),
+    /// Reports: list, show, sign, addenda, user profiles, QA statistics.
+    #[command(subcommand)]
+    Report(crate::report_cli::ReportCommand),
 }
 
 /// Parses `FROM-TO` (YYYYMMDD each, either may be empty).
@@ -282,7 +298,7 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Some(Command::Read { path, model, json, derived, include_test_models }) => {
+        Some(Command::Read { path, model, json, derived, include_test_models, exports }) => {
             anyhow::ensure!(path.exists(), "{} does not exist", path.display());
             let options = crate::ai::ReadOptions { model, include_test_models, derived_dir: derived };
             let report = crate::ai::read_path(&path, &options)?;
@@ -346,8 +362,14 @@ pub fn run(cli: Cli) -> Result<()> {
                     println!("  note: {note}");
                 }
             }
-            Ok(())
+            crate::report_cli::after_read(&path, &report, &exports, &store_dir)
         }
+        Some(Command::SynthCxr(args)) => crate::synth_cli::synth_cxr(&args),
+        Some(Command::ScoreCxr(args)) => crate::synth_cli::score_cxr(&args),
+        Some(Command::Pacs(args)) => crate::pacs_cli::run_pacs(&args, &store_dir),
+        Some(Command::Scp(args)) => crate::pacs_cli::run_scp(&args, &store_dir),
+        Some(Command::Audit(command)) => crate::report_cli::audit(&command, &store_dir),
+        Some(Command::Report(command)) => crate::report_cli::run(&command, &store_dir),
         Some(Command::Verify { json }) => {
             let store = Store::open(&store_dir)?;
             let report = store.check_consistency()?;

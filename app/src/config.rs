@@ -23,3 +23,8 @@ pub fn store_dir(flag: Option<PathBuf>) -> PathBuf {
 pub fn demo_store_dir() -> PathBuf {
     data_dir().join("demo-store")
 }
+
+/// The saved PACS nodes (DIMSE and DICOMweb), shared by the GUI and `lucent pacs`.
+pub fn node_book_path() -> PathBuf {
+    data_dir().join("pacs_nodes.json")
+}

@@ -6,10 +6,10 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result};
 use pacs::store::Store;
-use pacs::synth::{self, CtSeriesSpec, Nodule, NoduleKind, PatientSpec, RadiographSpec};
+use pacs::synth::{self, CtSeriesSpec, CxrLesion, Nodule, NoduleKind, PatientSpec, RadiographSpec, Side};
 
 /// Bumped whenever the generated demo changes, so old demo stores are rebuilt.
-pub const DEMO_VERSION: &str = "2";
+pub const DEMO_VERSION: &str = "3";
 
 fn patient(
     name: &str,
@@ -29,13 +29,13 @@ fn patient(
     }
 }
 
-fn cxr(seed: &str, p: PatientSpec, lesions: Vec<[f64; 4]>, monochrome1: bool) -> RadiographSpec {
+fn cxr(seed: &str, p: PatientSpec, lesions: Vec<CxrLesion>, monochrome1: bool) -> RadiographSpec {
     RadiographSpec {
         patient: p,
         lesions,
         monochrome1,
         description: "Chest PA".into(),
-        ..RadiographSpec::chest(seed, 1024)
+        ..RadiographSpec::chest_detector(seed)
     }
 }
 
@@ -60,38 +60,47 @@ pub fn write_demo_files(dir: &Path) -> Result<Vec<PathBuf>> {
         cxr(
             "demo-cxr-nodule",
             patient("LEE^SEOYEON=이^서연", "DEMO-002", "F", "19640721", "demo-cxr-nodule", "20260311", "CXR PA"),
-            vec![[0.33, 0.42, 0.025, 0.18]],
+            vec![CxrLesion::nodule(Side::Right, [0.55, 0.35], 22.0, 0.95)],
             true,
         ),
-        cxr(
-            "demo-cxr-nodule-prior",
-            patient(
-                "LEE^SEOYEON=이^서연",
-                "DEMO-002",
-                "F",
-                "19640721",
-                "demo-cxr-nodule-prior",
-                "20250305",
-                "CXR PA (prior)",
-            ),
-            vec![[0.33, 0.42, 0.018, 0.14]],
-            true,
-        ),
+        // The same patient a year earlier: same anatomy, another acquisition, a smaller nodule.
+        RadiographSpec {
+            acquisition: 1,
+            ..cxr(
+                "demo-cxr-nodule",
+                patient(
+                    "LEE^SEOYEON=이^서연",
+                    "DEMO-002",
+                    "F",
+                    "19640721",
+                    "demo-cxr-nodule-prior",
+                    "20250305",
+                    "CXR PA (prior)",
+                ),
+                vec![CxrLesion::nodule(Side::Right, [0.55, 0.35], 15.0, 0.85)],
+                true,
+            )
+        },
         cxr(
             "demo-cxr-effusion",
             patient("SMITH^JOHN", "DEMO-003", "M", "19511102", "demo-cxr-effusion", "20260312", "CXR PA"),
-            vec![[0.70, 0.80, 0.12, 0.35], [0.28, 0.60, 0.07, 0.2]],
+            vec![
+                CxrLesion::effusion(Side::Left, 90.0),
+                CxrLesion::consolidation(Side::Right, [0.55, 0.72], 85.0, 0.85),
+            ],
             false,
         ),
         cxr(
             "demo-cxr-pneumothorax",
             patient("PARK^JIHO=박^지호", "DEMO-004", "M", "19890430", "demo-cxr-pneumothorax", "20260313", "CXR PA"),
-            vec![[0.74, 0.32, 0.06, -0.22]],
+            vec![CxrLesion::pneumothorax(Side::Left, 38.0, 0.85)],
             false,
         ),
     ];
     for spec in &radiographs {
-        let path = dir.join(&spec.seed).join("CR0001.dcm");
+        let folder =
+            if spec.acquisition == 0 { spec.seed.clone() } else { format!("{}-{}", spec.seed, spec.acquisition) };
+        let path = dir.join(folder).join("CR0001.dcm");
         synth::write_radiograph(&path, spec).with_context(|| format!("writing demo radiograph {}", spec.seed))?;
         files.push(path);
     }

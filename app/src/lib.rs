@@ -7,6 +7,10 @@
 //! * [`cli`]: the headless verbs (`import`, `info`, `ls`, `models`, `read`, `demo`, `verify`), over the same library code as the GUI.
 //! * [`config`]: where the store and user data live.
 //! * [`demo`]: the bundled demo studies, generated deterministically by Lucent itself.
+//! * [`synth_cli`]: `synth-cxr` (CXR training data from the demo's generator) and `score-cxr`.
+//! * [`reporting`]: reading results to `report` inputs (sides, lobes, key images) and the exports (PDF, SR, FHIR).
+//! * [`report_cli`]: `read --report/--sr/--fhir/--lang`, `audit verify`, `report list|show|sign|addendum|add-user|stats`.
+//! * [`pacs_cli`]: `pacs echo|find|get|move|store|node` and `scp` (DIMSE through `pacs::net`).
 
 pub mod ai;
 pub mod cli;
@@ -14,3 +18,7 @@ pub mod config;
 pub mod demo;
 pub mod gui;
 pub mod info;
+pub mod pacs_cli;
+pub mod report_cli;
+pub mod reporting;
+pub mod synth_cli;

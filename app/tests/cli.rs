@@ -162,12 +162,14 @@ fn read_runs_the_test_models_on_a_cxr_and_a_ct_and_writes_json_and_a_derived_ser
     let series = report["series"].as_array().unwrap();
     let cxr = series.iter().find(|s| s["modality"] == "CR").unwrap();
     let findings = cxr["findings"].as_array().unwrap();
-    assert_eq!(findings.len(), 6);
-    for f in findings {
-        assert_eq!(f["model_id"], "lucent-test-cxr");
+    // The bundled CXR model (models/lucent-cxr) runs beside the toy one; every finding names its model.
+    let toy: Vec<&serde_json::Value> = findings.iter().filter(|f| f["model_id"] == "lucent-test-cxr").collect();
+    assert_eq!(toy.len(), 6);
+    for f in toy {
         assert_eq!(f["model_version"], "1.0.0");
         assert!(f["score"].as_f64().is_some() && f["threshold"].as_f64().is_some());
     }
+    assert!(findings.iter().all(|f| f["model_id"] == "lucent-test-cxr" || f["model_id"] == "lucent-cxr"), "{cxr}");
     let ct_reading = series.iter().find(|s| s["modality"] == "CT").unwrap();
     // The synthetic nodule is found where it was put, measured, typed and categorised.
     let nodule = ct_reading["nodules"]
@@ -251,4 +253,56 @@ fn read_refuses_an_image_too_small_and_a_ct_without_pixel_spacing() {
     let text = run_ok(lucent(src.path()).arg("read").arg(&ct_dir).arg("--include-test-models"));
     assert!(text.contains("no Pixel Spacing"), "{text}");
     assert!(!text.contains("nodule at"), "{text}");
+}
+
+#[test]
+fn synth_cxr_writes_images_masks_and_labels_that_score_cxr_reads() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("synth");
+    let args = ["synth-cxr", "--count", "6", "--seed", "cli-test", "--size", "96", "--threads", "2"];
+    run_ok(lucent(out.path()).args(args).arg("--out").arg(&dir));
+    let labels = std::fs::read_to_string(dir.join("labels.csv")).unwrap();
+    let mut lines = labels.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "id,nodule,consolidation,effusion,interstitial_opacity,pneumothorax,abnormal,view,columns,rows,spacing_mm,bits_stored,detector"
+    );
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 6);
+    for (k, row) in rows.iter().enumerate() {
+        assert_eq!(row[0], format!("cli-test-{k:06}"));
+        let image = image::open(dir.join("images").join(format!("{}.png", row[0]))).unwrap();
+        assert!(matches!(image, image::DynamicImage::ImageLuma16(_)));
+        assert_eq!(image.width(), 96);
+        assert_eq!(image.height().to_string(), row[9]);
+        let any = (1..=5).any(|c| row[c] == "1");
+        assert_eq!(row[6], if any { "1" } else { "0" });
+        // A mask exactly for each finding present.
+        for (c, key) in
+            ["nodule", "consolidation", "effusion", "interstitial_opacity", "pneumothorax"].iter().enumerate()
+        {
+            assert_eq!(dir.join("masks").join(format!("{}_{key}.png", row[0])).exists(), row[c + 1] == "1");
+        }
+    }
+    // Deterministic: the same seed writes the same files.
+    let again = out.path().join("again");
+    run_ok(lucent(out.path()).args(args).arg("--out").arg(&again));
+    assert_eq!(std::fs::read_to_string(again.join("labels.csv")).unwrap(), labels);
+    let first = format!("images/{}.png", rows[0][0]);
+    assert_eq!(std::fs::read(dir.join(&first)).unwrap(), std::fs::read(again.join(&first)).unwrap());
+
+    if !have_runtime() {
+        return;
+    }
+    let csv = out.path().join("scores.csv");
+    run_ok(
+        lucent(out.path())
+            .args(["score-cxr", "--model", "lucent-test-cxr", "--png-bits-stored", "12", "--out"])
+            .arg(&csv)
+            .arg(dir.join("images")),
+    );
+    let scores = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = scores.lines();
+    assert_eq!(lines.next().unwrap(), "file,bright_region,dark_region,bright_mild,dark_mild,grey_level,constant_low");
+    assert_eq!(lines.filter(|l| l.split(',').skip(1).all(|v| v.parse::<f32>().is_ok())).count(), 6);
 }

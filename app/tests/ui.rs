@@ -43,19 +43,40 @@ fn sample_store(root: &Path) -> (String, String) {
     (uid_of("CT"), uid_of("CR"))
 }
 
+/// Whether ONNX Runtime is there (a test without it skips, unless the test data is required).
+fn have_runtime() -> bool {
+    if inference::runtime::runtime().is_ok() {
+        return true;
+    }
+    assert!(std::env::var("LUCENT_REQUIRE_TEST_DATA").is_err(), "ONNX Runtime is missing: run cargo xtask setup");
+    eprintln!("SKIP: ONNX Runtime is not installed");
+    false
+}
+
 fn harness(store_dir: &Path) -> Harness<'static, LucentApp> {
     let dir = store_dir.to_path_buf();
-    Harness::builder()
+    let mut h = Harness::builder()
         .with_size(egui::vec2(860.0, 520.0))
         .wgpu()
-        .build_eframe(move |cc| LucentApp::new(cc, dir, false).unwrap())
+        .build_eframe(move |cc| LucentApp::new(cc, dir, false).unwrap());
+    // The bundled CXR model would otherwise run (asynchronously) whenever a radiograph opens and
+    // land in snapshots at an unpredictable frame; the AI test turns it back on.
+    h.state_mut().ai.auto_run = false;
+    h
 }
 
 /// Steps the UI until `ready` holds (the loader works on its own threads).
 fn wait_until(h: &mut Harness<'static, LucentApp>, ready: impl Fn(&LucentApp) -> bool) {
     let started = Instant::now();
     while !ready(h.state()) {
-        assert!(started.elapsed() < Duration::from_secs(60), "timed out waiting for the UI");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "timed out waiting for the UI (status: {:?}, AI: {:?}, running {:?}, read {:?})",
+            h.state().status,
+            h.state().ai.unavailable,
+            h.state().ai.running,
+            h.state().ai.readings.keys().collect::<Vec<_>>(),
+        );
         h.step();
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -302,24 +323,25 @@ fn dicom_overlay_planes_are_drawn_on_the_image() {
 
 #[test]
 fn ai_findings_are_listed_with_their_model_and_drawn_on_the_image() {
-    if inference::runtime::runtime().is_err() {
-        assert!(std::env::var("LUCENT_REQUIRE_TEST_DATA").is_err(), "ONNX Runtime is missing: run cargo xtask setup");
-        eprintln!("SKIP: ONNX Runtime is not installed");
+    if !have_runtime() {
         return;
     }
     let root = tempfile::tempdir().unwrap();
     let (_, cr) = sample_store(root.path());
     let mut h = harness(&root.path().join("store"));
+    h.state_mut().ai.auto_run = true;
     h.state_mut().ai.include_test_models = true;
     open(&mut h, &cr);
     wait_until(&mut h, |app| app.ai.readings.contains_key(&cr));
     let reading = h.state().ai.readings[&cr].clone();
-    assert_eq!(reading.models.len(), 1);
-    assert_eq!(reading.models[0].model_id, "lucent-test-cxr");
-    assert_eq!(reading.findings.len(), 6);
-    assert!(reading.findings.iter().all(|f| f.model_version == "1.0.0"));
+    // The toy model, and the bundled CXR model (models/lucent-cxr) when present.
+    assert!(reading.models.iter().any(|m| m.model_id == "lucent-test-cxr"), "{:?}", reading.models);
+    assert!(reading.models.iter().all(|m| m.model_id == "lucent-test-cxr" || m.model_id == "lucent-cxr"));
+    let toy: Vec<_> = reading.findings.iter().filter(|f| f.model_id == "lucent-test-cxr").collect();
+    assert_eq!(toy.len(), 6);
+    assert!(toy.iter().all(|f| f.model_version == "1.0.0"));
     // Each finding carries its 56x56 map for the heat-map display.
-    assert!(reading.findings.iter().all(|f| f.geometry.as_ref().is_some_and(|g| g.map.values.len() == 56 * 56)));
+    assert!(toy.iter().all(|f| f.geometry.as_ref().is_some_and(|g| g.map.values.len() == 56 * 56)));
     assert!(
         h.query_by_label_contains("Toy CXR model (tests only) 1.0.0").is_some(),
         "the panel names the model and version"
@@ -329,15 +351,14 @@ fn ai_findings_are_listed_with_their_model_and_drawn_on_the_image() {
 
 #[test]
 fn the_denoised_ct_is_added_to_the_store_beside_the_original() {
-    if inference::runtime::runtime().is_err() {
-        assert!(std::env::var("LUCENT_REQUIRE_TEST_DATA").is_err(), "ONNX Runtime is missing: run cargo xtask setup");
-        eprintln!("SKIP: ONNX Runtime is not installed");
+    if !have_runtime() {
         return;
     }
     let root = tempfile::tempdir().unwrap();
     let (ct, _) = sample_store(root.path());
     let store_dir = root.path().join("store");
     let mut h = harness(&store_dir);
+    h.state_mut().ai.auto_run = true;
     h.state_mut().ai.include_test_models = true;
     open(&mut h, &ct);
     wait_until(&mut h, |app| app.ai.readings.contains_key(&ct));
@@ -353,4 +374,93 @@ fn the_denoised_ct_is_added_to_the_store_beside_the_original() {
     assert_eq!(series.len(), 2, "original and denoised series in one study");
     assert!(series.iter().any(|s| s.description.contains("denoised by lucent-test-ct-denoise 1.0.0")));
     assert!(!store_dir.join("derived").exists(), "the staging folder is removed");
+}
+
+#[test]
+fn a_report_is_drafted_from_the_ai_findings_decided_signed_and_then_immutable() {
+    if !have_runtime() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let (ct, _) = sample_store(root.path());
+    let mut h = harness(&root.path().join("store"));
+    h.state_mut().ai.auto_run = true;
+    h.state_mut().ai.include_test_models = true;
+    open(&mut h, &ct);
+    wait_until(&mut h, |app| app.ai.readings.contains_key(&ct));
+    h.state_mut().open_report();
+    wait_until(&mut h, |app| app.reports.report().is_some());
+    let app = h.state();
+    let report = app.reports.report().unwrap();
+    assert_eq!(report.kind, report::model::ReportKind::Ldct);
+    let nodules: Vec<report::model::AiFinding> =
+        app.reports.findings().iter().filter(|f| f.nodule.is_some()).cloned().collect();
+    assert!(!nodules.is_empty(), "the toy detector finds the synthetic nodule");
+    let text = report.to_text();
+    assert!(text.contains("Lung-RADS"), "{text}");
+    assert!(text.contains("mm"), "{text}");
+    // Rejecting a nodule removes its sentence from the draft.
+    let first = &nodules[0];
+    let before = report.sentences(report::draft::SectionId::Nodules).len();
+    h.state_mut().reports.decide(
+        &first.id,
+        report::model::FindingDecision::Rejected {
+            reason: report::model::ReasonCode::FalsePositive,
+            comment: String::new(),
+        },
+    );
+    let after = h.state().reports.report().unwrap().sentences(report::draft::SectionId::Nodules).len();
+    assert!(after < before || nodules.len() == 1, "{before} -> {after}");
+    h.state_mut().reports.sign();
+    wait_until(&mut h, |app| app.reports.status() == Some(report::store::ReportStatus::Final));
+    assert!(h.state().reports.versions().iter().any(|v| v.kind == report::store::VersionKind::Signed));
+    h.snapshot("report_signed");
+
+    // A QA lead reviews a finding: the statistics count it, the signed report stays as it was.
+    let signed_versions = h.state().reports.versions().to_vec();
+    h.state_mut().reports.open = false;
+    h.state_mut().reports.use_profile("qa.lee", report::store::Role::QaLead);
+    h.state_mut().reports.qa_open = true;
+    h.state_mut().reports.refresh_worklist();
+    wait_until(&mut h, |app| !app.reports.decided().is_empty());
+    let d = h.state().reports.decided().iter().find(|d| d.finding.id != first.id).cloned().unwrap();
+    h.state_mut().reports.qa_review(&d.study_uid, &d.finding.id, report::model::FindingDecision::Accepted);
+    wait_until(&mut h, |app| {
+        app.reports.decided().iter().any(|x| x.finding.id == d.finding.id && x.decision.is_accepted())
+    });
+    let stats = h.state().reports.stats();
+    assert!(stats.iter().any(|s| s.label == "nodule" && s.decided >= 2 && s.rejected >= 1), "{stats:?}");
+    assert_eq!(h.state().reports.versions(), signed_versions.as_slice());
+    h.snapshot("qa_window");
+}
+
+#[path = "../../tests/tests/common/orthanc.rs"]
+mod orthanc;
+
+#[test]
+fn the_pacs_window_finds_a_study_in_orthanc_retrieves_it_and_opens_it() {
+    // Orthanc answers only the AE titles it knows.
+    let known = orthanc::Modality::new("lucent", "LUCENT", orthanc::free_port());
+    let Some(pacs) = orthanc::Orthanc::start(&[known]) else { return };
+    let root = tempfile::tempdir().unwrap();
+    let src = root.path().join("remote");
+    let mut ct = CtSeriesSpec { noise_hu: 8.0, ..CtSeriesSpec::chest("pacs-ui", 8, 96) };
+    ct.patient = PatientSpec::new("REMOTE^PATIENT", "R-1", "pacs-ui");
+    let files = synth::write_ct_series(&src, &ct).unwrap();
+    pacs.upload(&files);
+    let mut h = harness(&root.path().join("store"));
+    let app = h.state_mut();
+    app.pacs.use_peer(lucent_app::gui::pacs_panel::Peer::Dimse(pacs.node("LUCENT")));
+    app.pacs.open = true;
+    app.pacs.query_mut().patient_name = "REMOTE*".into();
+    app.pacs.start_search();
+    wait_until(&mut h, |app| !app.pacs.studies().is_empty());
+    assert_eq!(h.state().pacs.studies()[0].patient_id, "R-1");
+    h.state_mut().pacs.retrieve_study(0);
+    wait_until(&mut h, |app| !app.pacs.finished_jobs().is_empty());
+    let outcome = h.state().pacs.finished_jobs().remove(0);
+    assert!(outcome.as_ref().is_ok_and(|t| t.starts_with("8 received")), "{outcome:?}");
+    // "Open when done": the retrieved study is laid out in the viewports.
+    wait_until(&mut h, |app| app.viewports.iter().any(|v| v.series.as_ref().is_some_and(|s| s.len() == 8)));
+    h.snapshot("pacs_window");
 }

@@ -71,6 +71,43 @@ pub enum Error {
     /// The operation was cancelled by the user.
     #[error("cancelled")]
     Cancelled,
+
+    /// Nothing listens at the peer's address (TCP connection refused).
+    #[error("connection refused by {peer}")]
+    ConnectionRefused { peer: String },
+
+    /// The peer stopped answering: no byte arrived (or could be sent) within the timeout.
+    #[error("{peer} did not answer within {timeout_s:.1} s ({during})")]
+    Timeout { peer: String, timeout_s: f64, during: &'static str },
+
+    /// The peer rejected the association (e.g. our calling AE title is unknown to it).
+    #[error("association rejected by {peer}: {reason}")]
+    AssociationRejected { peer: String, reason: String },
+
+    /// The peer accepted no presentation context for an abstract syntax (and transfer syntax).
+    #[error("{peer} accepted no presentation context for {abstract_syntax}{}", transfer_syntax.as_deref().map(|t| format!(" in transfer syntax {t}")).unwrap_or_default())]
+    NoPresentationContext { peer: String, abstract_syntax: String, transfer_syntax: Option<String> },
+
+    /// The connection ended in the middle of an exchange (closed, reset or A-ABORT).
+    #[error("connection to {peer} lost: {detail}")]
+    ConnectionLost { peer: String, detail: String },
+
+    /// Any other network or DICOM upper-layer failure.
+    #[error("network error with {peer}: {detail}")]
+    Network { peer: String, detail: String },
+
+    /// A DIMSE operation ended with a failure status. (The peer's Error Comment is not kept: it
+    /// may quote identifiers.)
+    #[error("{operation} failed at {peer}: status {status:#06x} ({meaning})")]
+    DimseFailure { peer: String, operation: &'static str, status: u16, meaning: &'static str },
+
+    /// TLS was asked for but this build has no DICOM TLS.
+    #[error("node {node}: DICOM TLS is not supported by this build")]
+    TlsUnsupported { node: String },
+
+    /// A PACS node or listener configuration that cannot be used.
+    #[error("invalid network configuration: {reason}")]
+    InvalidNode { reason: String },
 }
 
 impl Error {

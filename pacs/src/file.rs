@@ -64,6 +64,20 @@ pub fn read_info(path: &Path) -> Result<InstanceInfo> {
     Ok(summary)
 }
 
+/// Reads the header summary of a Part 10 object held in memory (with or without the preamble),
+/// stopping before Pixel Data. Pixel Data presence is taken from the header, as in [`read_info`].
+pub fn read_info_bytes(bytes: &[u8]) -> Result<InstanceInfo> {
+    let body = if bytes.len() >= 132 && &bytes[128..132] == b"DICM" { &bytes[128..] } else { bytes };
+    let obj = OpenFileOptions::new()
+        .read_preamble(dicom_object::file::ReadPreamble::Never)
+        .read_until(tags::PIXEL_DATA)
+        .from_reader(body)
+        .map_err(not_dicom)?;
+    let mut summary = InstanceInfo::from_object(&obj, obj.meta().transfer_syntax(), false)?;
+    summary.has_pixel_data = summary.rows > 0 && summary.columns > 0;
+    Ok(summary)
+}
+
 /// One decoded frame with the transform that interprets it.
 #[derive(Debug, Clone)]
 pub struct DecodedImage {

@@ -2,7 +2,8 @@
 //! (1.2.840.10008.1.2.4.51) and lossless (process 14, 2-16 bit).
 //!
 //! The default dicom-rs JPEG decoder rejects 12-bit DCT streams; libjpeg-turbo 3 decodes them
-//! natively (`tj3Decompress12`). This module is the only `unsafe` code in the crate.
+//! natively (`tj3Decompress12`). This module and `net::dimse::quick_ack` (one `setsockopt`) are
+//! the only `unsafe` code in the crate.
 
 use std::ffi::CStr;
 use std::os::raw::c_int;

@@ -15,6 +15,12 @@
 //! * [`import`]: parallel import of files, folders, DICOMDIR and ZIP into the store.
 //! * [`synth`]: synthetic series with known geometry, for tests and the demo.
 //! * [`derive`]: derived series (e.g. denoised CT) written as new DICOM instances.
+//! * [`sr`]: DICOM Comprehensive SR (TID 1500 measurement report) from a neutral document.
+//! * [`net`]: DIMSE networking on `dicom-ul`: PACS nodes and their book, C-ECHO with a verdict,
+//!   C-FIND (study / series / image, Study and Patient Root), C-GET and C-MOVE of a study or
+//!   series into the store (one presentation context per compressed transfer syntax, progress,
+//!   C-CANCEL, only what the store lacks, a report of what is missing), C-STORE SCU, and the
+//!   Store SCP (allow-listed calling AE titles, events on a bounded channel).
 //!
 //! This crate must not depend on egui, wgpu, winit, rfd or ort (CI checks it).
 //! Errors never carry patient data.
@@ -25,15 +31,19 @@ use openjpeg_sys as _;
 pub mod attrs;
 pub mod decode;
 pub mod derive;
+pub mod dicomweb;
 mod error;
 pub mod file;
 pub mod import;
 mod jpeg;
+pub mod net;
 pub mod pixels;
 mod rle;
+pub mod sr;
 pub mod store;
 pub mod synth;
 pub mod volume;
+mod writers;
 
 pub use attrs::{InstanceInfo, PlaneSpacing, SpacingSource, transfer_syntax_name};
 pub use decode::{Frame, Photometric, Samples};

@@ -360,23 +360,14 @@ impl PixelTransform {
 
     /// A window from the 0.5th to 99.5th percentile of modality values, padding excluded.
     pub fn auto_window(&self, frame: &Frame) -> Window {
-        let mut values: Vec<f32> = (0..frame.samples.len())
+        let values: Vec<f32> = (0..frame.samples.len())
             .step_by(frame.samples_per_pixel.max(1) as usize)
             .filter_map(|i| {
                 let stored = frame.samples.get_f64(i);
                 (!self.is_padding(stored)).then(|| self.modality.apply(stored) as f32)
             })
             .collect();
-        if values.is_empty() {
-            return Window::new(0.5, 1.0);
-        }
-        let lo_index = values.len() / 200;
-        let hi_index = (values.len() - 1).saturating_sub(values.len() / 200);
-        let (_, lo, _) = values.select_nth_unstable_by(lo_index, f32::total_cmp);
-        let lo = f64::from(*lo);
-        let (_, hi, _) = values.select_nth_unstable_by(hi_index, f32::total_cmp);
-        let hi = f64::from(*hi).max(lo + 1.0);
-        Window { center: (lo + hi) / 2.0, width: hi - lo, function: VoiFunction::Linear }
+        percentile_window(values)
     }
 
     /// Display value in [0, 1] of one stored grey value, with `voi` and `invert` (the user's toggle).
@@ -423,6 +414,22 @@ fn rgb_to_u8(samples: &Samples, bits_stored: u16) -> Vec<u8> {
             (0..other.len()).map(|i| (other.get_f64(i) / max * 255.0).round().clamp(0.0, 255.0) as u8).collect()
         }
     }
+}
+
+/// The window from the 0.5th to the 99.5th percentile of `values` (modality values, padding
+/// already left out): the automatic window when a file gives none. One implementation for
+/// [`PixelTransform::auto_window`] and the viewer (which passes a subsample of a slice).
+pub fn percentile_window(mut values: Vec<f32>) -> Window {
+    if values.is_empty() {
+        return Window::new(0.5, 1.0);
+    }
+    let lo_index = values.len() / 200;
+    let hi_index = (values.len() - 1).saturating_sub(values.len() / 200);
+    let (_, lo, _) = values.select_nth_unstable_by(lo_index, f32::total_cmp);
+    let lo = f64::from(*lo);
+    let (_, hi, _) = values.select_nth_unstable_by(hi_index, f32::total_cmp);
+    let hi = f64::from(*hi).max(lo + 1.0);
+    Window { center: (lo + hi) / 2.0, width: hi - lo, function: VoiFunction::Linear }
 }
 
 #[cfg(test)]

@@ -229,7 +229,8 @@ impl Store {
     pub fn contains(&self, sop_uid: &str) -> Result<bool> {
         Ok(self
             .conn
-            .query_row("SELECT 1 FROM instances WHERE sop_uid = ?1", [sop_uid], |_| Ok(()))
+            .prepare_cached("SELECT 1 FROM instances WHERE sop_uid = ?1")?
+            .query_row([sop_uid], |_| Ok(()))
             .optional()?
             .is_some())
     }
@@ -246,10 +247,12 @@ impl Store {
 
     /// Writes `bytes` atomically at the instance's place in the store (not yet indexed).
     pub fn write_file(&self, info: &InstanceInfo, bytes: &[u8]) -> Result<StoredInstance> {
-        let rel_path = Self::relative_path_for(info);
-        let dest = self.root.join(&rel_path);
-        write_atomically(&self.root.join("tmp"), &dest, |f| f.write_all(bytes))?;
-        Ok(StoredInstance { info: info.clone(), rel_path, size_bytes: bytes.len() as u64 })
+        self.files().write(info, &[bytes])
+    }
+
+    /// A handle that writes files into this store from any thread (indexing stays with the `Store`).
+    pub fn files(&self) -> StoreFiles {
+        StoreFiles { root: self.root.clone() }
     }
 
     /// Copies a source file atomically into the store (not yet indexed).
@@ -525,6 +528,25 @@ impl Store {
             report.temp_files.extend(entries.flatten().map(|e| e.path()));
         }
         Ok(report)
+    }
+}
+
+/// Writes files into a store's folder from any thread, atomically (temp file, fsync, rename,
+/// directory fsync), without touching the index: pass the results to [`Store::index`].
+#[derive(Debug, Clone)]
+pub struct StoreFiles {
+    root: PathBuf,
+}
+
+impl StoreFiles {
+    /// Writes the concatenation of `parts` (e.g. a Part 10 header and a received data set)
+    /// at the instance's place in the store (not yet indexed).
+    pub fn write(&self, info: &InstanceInfo, parts: &[&[u8]]) -> Result<StoredInstance> {
+        let rel_path = Store::relative_path_for(info);
+        let dest = self.root.join(&rel_path);
+        write_atomically(&self.root.join("tmp"), &dest, |f| parts.iter().try_for_each(|p| f.write_all(p)))?;
+        let size_bytes = parts.iter().map(|p| p.len() as u64).sum();
+        Ok(StoredInstance { info: info.clone(), rel_path, size_bytes })
     }
 }
 

@@ -13,6 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+pub mod cxr;
+
+pub use cxr::{CxrFinding, CxrLesion, RenderedChest, Side};
+
 /// Deterministic 64-bit mixer (splitmix64).
 pub fn mix64(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -434,9 +438,10 @@ pub fn write_ct_series(dir: &Path, spec: &CtSeriesSpec) -> Result<Vec<PathBuf>> 
     Ok(paths)
 }
 
-/// A synthetic projection radiograph (CR).
+/// A synthetic projection radiograph (CR): a PA chest from [`cxr::render_chest`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RadiographSpec {
+    /// Seeds the patient's anatomy, pose, exposure and noise.
     pub seed: String,
     pub patient: PatientSpec,
     pub rows: u16,
@@ -444,117 +449,73 @@ pub struct RadiographSpec {
     /// ImagerPixelSpacing (detector), mm.
     pub imager_pixel_spacing_mm: f64,
     pub monochrome1: bool,
-    /// Lesions as (centre x, centre y in [0,1] image fractions, radius fraction, added density 0..1).
-    pub lesions: Vec<[f64; 4]>,
+    /// Lesions drawn into the image (each with its mask, see [`RadiographSpec::render`]).
+    pub lesions: Vec<CxrLesion>,
     pub series_number: i64,
     pub description: String,
     /// ViewPosition: "PA", "AP", "LL" ...
     pub view_position: String,
+    /// 0: the seed's own image; another value: the same patient (anatomy, lesions as listed)
+    /// acquired again with a new pose, exposure and noise, e.g. a prior study.
+    #[serde(default)]
+    pub acquisition: u32,
 }
 
 impl RadiographSpec {
+    /// A `size` x `size` chest PA covering 430 mm (a 43 x 43 cm detector), no lesions.
     pub fn chest(seed: &str, size: u16) -> Self {
         Self {
             seed: seed.to_owned(),
             patient: PatientSpec::new("SYNTHETIC^CXR", &format!("SYN-{}", mix64(hash_str(seed)) % 100_000), seed),
             rows: size,
             columns: size,
-            imager_pixel_spacing_mm: 430.0 / f64::from(size),
+            imager_pixel_spacing_mm: 430.0 / f64::from(size.max(1)),
             monochrome1: false,
             lesions: vec![],
             series_number: 1,
             description: "Synthetic chest PA".into(),
             view_position: "PA".into(),
+            acquisition: 0,
         }
     }
 
-    /// Attenuation image in [0, 1] (1 = dense = bright on MONOCHROME2), row-major.
-    pub fn density(&self) -> Vec<f32> {
-        let (w, h) = (self.columns as usize, self.rows as usize);
-        let seed = hash_str(&self.seed);
-        let mut out = Vec::with_capacity(w * h);
-        for j in 0..h {
-            for i in 0..w {
-                let u = (i as f64 + 0.5) / w as f64;
-                let v = (j as f64 + 0.5) / h as f64;
-                out.push(chest_radiograph_density(u, v, &self.lesions, seed, i, j) as f32);
-            }
-        }
-        out
+    /// A 2048 x 2500 chest PA at 0.17 mm (a 35 x 43 cm detector, portrait), no lesions.
+    pub fn chest_detector(seed: &str) -> Self {
+        Self { rows: 2500, columns: 2048, imager_pixel_spacing_mm: 0.17, ..Self::chest(seed, 2048) }
     }
-}
 
-/// Density in [0, 1] of the procedural PA chest at image fractions (u, v).
-pub fn chest_radiograph_density(u: f64, v: f64, lesions: &[[f64; 4]], seed: u64, i: usize, j: usize) -> f64 {
-    let x = u - 0.5;
-    // Thorax soft tissue.
-    let body = 1.0 - ((x / 0.46).powi(2)).min(1.0);
-    let mut d = 0.18 + 0.35 * body.sqrt();
-    // Lung fields: two rounded shapes, darker (less dense).
-    let mut lung = 0.0f64;
-    for side in [-1.0f64, 1.0] {
-        let cx = 0.5 + side * 0.19;
-        let (rx, ry) = (0.15, 0.31);
-        let dy = (v - 0.50) / ry;
-        let dx = (u - cx) / rx;
-        let r = dx * dx + dy * dy;
-        if r < 1.0 && v > 0.16 {
-            lung = lung.max((1.0 - r).sqrt().min(0.35) / 0.35);
-        }
+    /// The image (MONOCHROME2 12-bit values) and the mask of every finding present.
+    pub fn render(&self) -> RenderedChest {
+        cxr::render_chest(
+            &self.seed,
+            self.acquisition,
+            usize::from(self.columns),
+            usize::from(self.rows),
+            self.imager_pixel_spacing_mm,
+            &self.lesions,
+        )
     }
-    d -= 0.28 * lung;
-    // Mediastinum and heart.
-    let heart = ((u - 0.53) / 0.14).powi(2) + ((v - 0.62) / 0.14).powi(2);
-    if heart < 1.0 {
-        d += 0.25 * (1.0 - heart).sqrt();
-    }
-    if x.abs() < 0.06 && v < 0.6 {
-        d += 0.18 * (1.0 - x.abs() / 0.06);
-    }
-    // Diaphragm: dense below the domes.
-    let dome = 0.78 + 0.05 * ((x.abs() - 0.19) / 0.15).powi(2);
-    if v > dome {
-        d += 0.3 * ((v - dome) / 0.04).min(1.0);
-    }
-    // Ribs: arcs across each hemithorax.
-    for k in 0..10 {
-        let y0 = 0.2 + k as f64 * 0.06;
-        let curve = y0 + 0.08 * (x.abs() / 0.4).powi(2) - 0.02;
-        let dist = (v - curve).abs();
-        if dist < 0.009 && x.abs() > 0.04 && x.abs() < 0.42 {
-            d += 0.09 * (1.0 - dist / 0.009);
-        }
-    }
-    // Clavicles.
-    let clav = 0.17 - 0.05 * (x.abs() - 0.15);
-    if (v - clav).abs() < 0.012 && x.abs() > 0.03 && x.abs() < 0.3 {
-        d += 0.12;
-    }
-    for l in lesions {
-        let r = ((u - l[0]).powi(2) + (v - l[1]).powi(2)).sqrt();
-        if r < l[2] {
-            d += l[3] * (1.0 - (r / l[2]).powi(2)).sqrt();
-        }
-    }
-    let noise = 0.012 * gauss(seed ^ ((j as u64) << 32 | i as u64));
-    (d + noise).clamp(0.0, 1.0)
 }
 
 /// Writes a CR image (12-bit, ImagerPixelSpacing only).
 pub fn write_radiograph(path: &Path, spec: &RadiographSpec) -> Result<()> {
-    let sop_uid = uid(&format!("sop:{}", spec.seed));
+    write_rendered_radiograph(path, spec, &spec.render())
+}
+
+/// Writes a CR image from `spec` with pixels already rendered by [`RadiographSpec::render`].
+pub fn write_rendered_radiograph(path: &Path, spec: &RadiographSpec, rendered: &RenderedChest) -> Result<()> {
+    if rendered.values.len() != usize::from(spec.rows) * usize::from(spec.columns) {
+        return Err(Error::Write { detail: "rendered radiograph does not match the spec's size".into() });
+    }
+    let instance =
+        if spec.acquisition == 0 { spec.seed.clone() } else { format!("{}#{}", spec.seed, spec.acquisition) };
+    let sop_uid = uid(&format!("sop:{instance}"));
     let mut obj = base_object(&spec.patient, "CR", uids::COMPUTED_RADIOGRAPHY_IMAGE_STORAGE, &sop_uid);
-    let density = spec.density();
-    let stored: Vec<u16> = density
-        .iter()
-        .map(|&d| {
-            let v = (f64::from(d) * 4095.0).round() as u16;
-            if spec.monochrome1 { 4095 - v } else { v }
-        })
-        .collect();
+    let stored: Vec<u16> =
+        rendered.values.iter().map(|&v| if spec.monochrome1 { 4095 - v.min(4095) } else { v }).collect();
     for (tag, vr, value) in [
         (tags::IMAGE_TYPE, VR::CS, "ORIGINAL\\PRIMARY".to_owned()),
-        (tags::SERIES_INSTANCE_UID, VR::UI, uid(&format!("series:{}", spec.seed))),
+        (tags::SERIES_INSTANCE_UID, VR::UI, uid(&format!("series:{instance}"))),
         (tags::SERIES_DESCRIPTION, VR::LO, spec.description.clone()),
         (tags::VIEW_POSITION, VR::CS, spec.view_position.clone()),
         (tags::IMAGER_PIXEL_SPACING, VR::DS, ds(&[spec.imager_pixel_spacing_mm, spec.imager_pixel_spacing_mm])),

@@ -8,6 +8,8 @@
 //! * `check-deps`: the crate-boundary rules (leaves never know each other).
 //! * `bench`: set up, create the Python peers' venv, run the imaging benchmark.
 //! * `bench-ai`: set up, create the onnxruntime peer's venv, run the AI latency benchmark.
+//! * `bench-pacs`: set up (Orthanc, DCMTK), create the pynetdicom peer's venv, run the PACS
+//!   retrieve benchmark.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,6 +30,14 @@ const APT_PACKAGES: &[&str] = &[
     "libxrandr2",
     "libxi6",
     "libx11-xcb1",
+    // dsrdump / dsr2xml validate the DICOM SR that `lucent read --sr` writes; storescu, findscu,
+    // getscu and echoscu are the DCMTK peers of the network tests (tests/tests/pacs_net.rs).
+    "dcmtk",
+    // The PACS the network tests start on loopback (with its DICOMweb plugin).
+    "orthanc",
+    "orthanc-dicomweb",
+    // pdftoppm renders a report PDF's first page to PNG in the report tests.
+    "poppler-utils",
 ];
 
 const ORT_VERSION: &str = "1.31.1";
@@ -44,8 +54,9 @@ fn main() -> Result<()> {
         "check-deps" => check_deps(&root),
         "bench" => bench(&root),
         "bench-ai" => bench_ai(&root),
+        "bench-pacs" => bench_pacs(&root),
         _ => {
-            eprintln!("usage: cargo xtask <setup|demo|test|check-deps|bench|bench-ai>");
+            eprintln!("usage: cargo xtask <setup|demo|test|check-deps|bench|bench-ai|bench-pacs>");
             bail!("unknown task {task:?}")
         }
     }
@@ -223,48 +234,53 @@ fn test(root: &Path) -> Result<()> {
 
 /// The imaging benchmark against pydicom: the peers' venv (created once), the corpora, the bench.
 fn bench(root: &Path) -> Result<()> {
-    let venv = data_dir(root).join("venv");
-    let python = venv.join("bin/python");
-    if !python.is_file() {
-        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-    }
-    let ready = Command::new(&python)
-        .args(["-c", "import pydicom, numpy, pylibjpeg, libjpeg, openjpeg, rle"])
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ready {
-        run(Command::new(&python)
-            .args(["-m", "pip", "install", "--disable-pip-version-check", "-q"])
-            .arg(format!("pydicom=={PYDICOM_VERSION}"))
-            .args(["numpy", "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle"]))?;
-    }
+    let mut packages = vec![format!("pydicom=={PYDICOM_VERSION}")];
+    packages
+        .extend(["numpy", "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle"].map(String::from));
+    python_venv(root, "venv", "pydicom, numpy, pylibjpeg, libjpeg, openjpeg, rle", &packages, &[])?;
     setup(root)?;
     run(cargo().current_dir(root).args(["bench", "-p", "lucent-tests", "--bench", "imaging"]))
+}
+
+/// The PACS retrieve benchmark: Orthanc and DCMTK from `setup`, pynetdicom in its own venv.
+fn bench_pacs(root: &Path) -> Result<()> {
+    setup(root)?;
+    python_venv(root, "venv-net", "pynetdicom", &[format!("pydicom=={PYDICOM_VERSION}"), "pynetdicom".into()], &[])?;
+    run(cargo().current_dir(root).args(["bench", "-p", "lucent-tests", "--bench", "pacs_net"]))
 }
 
 /// The AI latency benchmark against Python onnxruntime: its venv (created once; the wheel `setup`
 /// downloaded, numpy and scikit-image), then the bench.
 fn bench_ai(root: &Path) -> Result<()> {
     setup(root)?;
-    let venv = data_dir(root).join("venv-ort");
+    let wheels = data_dir(root).join("wheels");
+    let packages = [format!("onnxruntime=={ORT_VERSION}"), "numpy".into(), "scikit-image".into()];
+    python_venv(root, "venv-ort", "onnxruntime, numpy, skimage, scipy", &packages, &[wheels])?;
+    run(cargo().current_dir(root).args(["bench", "-p", "lucent-inference", "--bench", "latency"]))
+}
+
+/// A benchmark peer's venv under `target/lucent-data/NAME`: created once, then `packages` are
+/// installed (from PyPI, and from `find_links` folders) unless `imports` already import.
+fn python_venv(root: &Path, name: &str, imports: &str, packages: &[String], find_links: &[PathBuf]) -> Result<()> {
+    let venv = data_dir(root).join(name);
     let python = venv.join("bin/python");
     if !python.is_file() {
         run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
     }
     let ready = Command::new(&python)
-        .args(["-c", "import onnxruntime, numpy, skimage, scipy"])
+        .args(["-c", &format!("import {imports}")])
         .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     if !ready {
-        run(Command::new(&python)
-            .args(["-m", "pip", "install", "--disable-pip-version-check", "-q", "--find-links"])
-            .arg(data_dir(root).join("wheels"))
-            .arg(format!("onnxruntime=={ORT_VERSION}"))
-            .args(["numpy", "scikit-image"]))?;
+        let mut pip = Command::new(&python);
+        pip.args(["-m", "pip", "install", "--disable-pip-version-check", "-q"]);
+        for dir in find_links {
+            pip.arg("--find-links").arg(dir);
+        }
+        run(pip.args(packages))?;
     }
-    run(cargo().current_dir(root).args(["bench", "-p", "lucent-inference", "--bench", "latency"]))
+    Ok(())
 }
 
 fn demo(root: &Path) -> Result<()> {
@@ -297,7 +313,18 @@ fn check_deps(root: &Path) -> Result<()> {
     let rules: &[(&str, &[&str])] = &[
         (
             "lucent-pacs",
-            &["egui", "eframe", "egui-wgpu", "wgpu", "winit", "rfd", "ort", "lucent-render", "lucent-inference"],
+            &[
+                "egui",
+                "eframe",
+                "egui-wgpu",
+                "wgpu",
+                "winit",
+                "rfd",
+                "ort",
+                "lucent-render",
+                "lucent-inference",
+                "lucent-report",
+            ],
         ),
         (
             "lucent-inference",
@@ -312,11 +339,42 @@ fn check_deps(root: &Path) -> Result<()> {
                 "dicom-object",
                 "lucent-pacs",
                 "lucent-render",
+                "lucent-report",
             ],
         ),
         (
             "lucent-render",
-            &["dicom-core", "dicom-object", "dicom-pixeldata", "dicom-ul", "ort", "lucent-pacs", "lucent-inference"],
+            &[
+                "dicom-core",
+                "dicom-object",
+                "dicom-pixeldata",
+                "dicom-ul",
+                "ort",
+                "lucent-pacs",
+                "lucent-inference",
+                "lucent-report",
+            ],
+        ),
+        (
+            "lucent-report",
+            &[
+                "egui",
+                "eframe",
+                "egui-wgpu",
+                "wgpu",
+                "winit",
+                "rfd",
+                "ort",
+                "dicom-core",
+                "dicom-object",
+                "dicom-encoding",
+                "dicom-dictionary-std",
+                "dicom-pixeldata",
+                "dicom-ul",
+                "lucent-pacs",
+                "lucent-inference",
+                "lucent-render",
+            ],
         ),
     ];
     let mut failures = Vec::new();

@@ -13,6 +13,8 @@ pub mod jobs;
 pub mod loader;
 pub mod measure;
 pub mod mpr;
+pub mod pacs_panel;
+pub mod report_panel;
 pub mod settings;
 pub mod viewport;
 
@@ -149,6 +151,8 @@ pub struct LucentApp {
     pending_windows: std::collections::HashMap<usize, pacs::Window>,
     /// Measurements per study UID (loaded from the store when a study is first shown).
     pub measurements: std::collections::HashMap<String, Measurements>,
+    pub pacs: pacs_panel::PacsPanel,
+    pub reports: report_panel::ReportPanel,
 }
 
 impl LucentApp {
@@ -164,6 +168,9 @@ impl LucentApp {
         let thumbs = Thumbnailer::start(repaint.clone())?;
         let mpr = MprWorker::start(repaint.clone())?;
         let ai_worker = ai_panel::AiWorker::start(store_dir.clone(), repaint.clone())?;
+        let reports = report_panel::ReportPanel::new(store_dir.clone(), &crate::config::data_dir(), repaint.clone())?;
+        let (pacs, pacs_warning) =
+            pacs_panel::PacsPanel::new(&crate::config::data_dir(), store_dir.clone(), repaint.clone());
         let mut app = Self {
             lang: Lang::En,
             browser: Browser { dirty: true, ..Default::default() },
@@ -196,7 +203,12 @@ impl LucentApp {
             import: None,
             pending_windows: std::collections::HashMap::new(),
             measurements: std::collections::HashMap::new(),
+            pacs,
+            reports,
         };
+        if let Some(w) = pacs_warning {
+            app.status = w;
+        }
         match settings::Settings::load(&settings::Settings::path(&crate::config::data_dir())) {
             Ok(s) => {
                 app.keys = s.key_bindings();
@@ -271,8 +283,49 @@ impl LucentApp {
         }
     }
 
+    /// Opens the report window on the active viewport's study (its files in the store and the AI
+    /// readings of its series).
+    pub fn open_report(&mut self) {
+        self.reports.open = true;
+        let Some(series) = self.viewports.get(self.active).and_then(|v| v.series.clone()) else {
+            self.status = "Open a study first: the report is drafted from the study on screen".into();
+            return;
+        };
+        let Some(slice) = series.any_slice() else { return };
+        let study_uid = slice.info.study_instance_uid.clone();
+        if self.reports.study_uid() == Some(study_uid.as_str()) {
+            return;
+        }
+        // Store layout: files/<study>/<series>/<instance>.dcm.
+        let Some(study_dir) = series.plan.slices.first().and_then(|s| s.path.parent()).and_then(|p| p.parent()) else {
+            return;
+        };
+        let readings: Vec<crate::ai::SeriesReading> = self.ai.readings.values().cloned().collect();
+        self.reports.open_study(&study_uid, study_dir.to_path_buf(), readings, self.lang);
+    }
+
+    /// Shows an image a report sentence or finding refers to: in the viewport that has its series,
+    /// else opens the series in the active viewport.
+    fn show_image(&mut self, series_uid: &str, sop_uid: &str) {
+        for vp in &mut self.viewports {
+            let Some(series) = vp.series.clone() else { continue };
+            if series.series_uid != series_uid {
+                continue;
+            }
+            if let Some(k) = series.plan.slices.iter().position(|s| s.sop_instance_uid == sop_uid) {
+                vp.mpr = None;
+                vp.set_slice(k);
+            }
+            return;
+        }
+        self.request_open(series_uid.to_owned(), self.active);
+    }
+
     /// Opens a whole study laid out by the first hanging protocol that fits.
     pub fn open_study(&mut self, study_uid: String) {
+        if let Some(row) = self.browser.studies.iter().find(|s| s.study_uid == study_uid) {
+            self.pacs.prefetch_priors(row);
+        }
         self.store.send(StoreRequest::Hang(study_uid));
     }
 
@@ -678,6 +731,15 @@ impl LucentApp {
                 }
             }
             ui.separator();
+            if ui.button(lang.tr("PACS")).clicked() {
+                self.pacs.open = !self.pacs.open;
+            }
+            if ui.button(lang.tr("Report")).clicked() {
+                self.open_report();
+            }
+            if ui.button(lang.tr("QA")).clicked() {
+                self.reports.qa_open = !self.reports.qa_open;
+            }
             if ui.button(lang.tr("Settings")).clicked() {
                 self.settings_window.open = true;
             }
@@ -696,6 +758,20 @@ impl eframe::App for LucentApp {
         self.poll_workers(&ctx);
         self.poll_jobs(&ctx);
         self.open_pending_first_series();
+        let pacs_out = self.pacs.poll();
+        if pacs_out.store_changed {
+            self.browser.dirty = true;
+            if let Some(study) = self.browser.selected_study.clone() {
+                self.store.send(StoreRequest::Series(study));
+            }
+        }
+        if let Some(text) = pacs_out.status {
+            self.status = text;
+        }
+        if let Some(study) = pacs_out.open_study {
+            self.browser.selected_study = Some(study.clone());
+            self.open_study(study);
+        }
         if self.browser.dirty {
             self.browser.dirty = false;
             self.store.send(StoreRequest::Studies(self.browser.query()));
@@ -720,6 +796,23 @@ impl eframe::App for LucentApp {
             }
         }
 
+        let local_study = self.browser.selected_study.clone();
+        pacs_panel::pacs_window_ui(&ctx, &mut self.pacs, local_study.as_deref(), lang);
+        let now = ctx.input(|i| i.time);
+        let mut report_out = self.reports.poll(now);
+        let window_out = report_panel::report_window_ui(&ctx, &mut self.reports, lang);
+        report_panel::qa_window_ui(&ctx, &mut self.reports, lang);
+        report_out.show_image = report_out.show_image.or(window_out.show_image);
+        report_out.send_file = report_out.send_file.or(window_out.send_file);
+        if let Some(text) = report_out.status.or(window_out.status) {
+            self.status = text;
+        }
+        if let Some((series_uid, sop_uid)) = report_out.show_image {
+            self.show_image(&series_uid, &sop_uid);
+        }
+        if let Some(file) = report_out.send_file {
+            self.pacs.send_files(vec![file]);
+        }
         egui::Panel::top("toolbar").show(ui, |ui| self.toolbar_ui(ui));
         egui::Panel::bottom("status").show(ui, |ui| {
             ui.horizontal(|ui| {

@@ -267,21 +267,16 @@ impl Viewport {
 
 /// Histogram window from the 0.5-99.5 percentiles of a slice (as pacs does on the CPU).
 fn auto_window(slice: &SliceImage) -> Window {
+    // A subsample of at most ~65k pixels is plenty for percentiles.
     let n = (slice.width * slice.height) as usize;
     let step = (n / 65536).max(1);
-    let mut values: Vec<f64> = (0..n)
+    let values: Vec<f32> = (0..n)
         .step_by(step)
         .filter_map(|i| slice.samples.value(i))
         .filter(|&v| !slice.transform.is_padding(v))
-        .map(|v| slice.transform.modality.apply(v))
+        .map(|v| slice.transform.modality.apply(v) as f32)
         .collect();
-    if values.is_empty() {
-        return Window::new(0.5, 1.0);
-    }
-    values.sort_by(f64::total_cmp);
-    let lo = values[values.len() / 200];
-    let hi = values[values.len() - 1 - values.len() / 200].max(lo + 1.0);
-    Window { center: (lo + hi) / 2.0, width: hi - lo, function: VoiFunction::Linear }
+    pacs::pixels::percentile_window(values)
 }
 
 /// Displayed height/width of one pixel (row spacing / column spacing).

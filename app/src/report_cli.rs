@@ -1,0 +1,302 @@
+//! The report verbs of the `lucent` command line: the export flags of `lucent read`
+//! (`--report`, `--sr`, `--fhir`, `--lang`), `lucent audit verify`, and `lucent report ...`
+//! (list, show, edit, sign, export, addendum, add-user, stats). The report store is `reports.sqlite` in the
+//! study store folder (`--store`). Nothing printed or logged here names a patient.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use report::model::{Decisions, Lang};
+use report::store::{VersionBody, VersionKind};
+use report::{ReportStore, Role, SectionId};
+
+use crate::reporting::{self, ExportPaths};
+
+/// Export flags of `lucent read`. Headless output is never signed: the PDF says PRELIMINARY, the
+/// SR is PARTIAL / UNVERIFIED and the FHIR status is `preliminary`.
+#[derive(Debug, Clone, Args, Default)]
+pub struct ReadExportArgs {
+    /// Write a preliminary PDF report (one per study; `-2`, `-3`... for further studies).
+    #[arg(long, value_name = "OUT.pdf")]
+    pub report: Option<PathBuf>,
+    /// Write a preliminary DICOM Comprehensive SR (TID 1500 measurement report).
+    #[arg(long, value_name = "OUT.dcm")]
+    pub sr: Option<PathBuf>,
+    /// Write a preliminary FHIR R4 DiagnosticReport (JSON).
+    #[arg(long, value_name = "OUT.json")]
+    pub fhir: Option<PathBuf>,
+    /// Report language.
+    #[arg(long, value_name = "ko|en", default_value = "en")]
+    pub lang: String,
+    /// User recorded in the audit log (default: $LUCENT_USER, else "cli").
+    #[arg(long)]
+    pub user: Option<String>,
+}
+
+/// `lucent audit ...`
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the audit log's hash chain (exit 1 and the first broken row when it is broken).
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `lucent report ...`
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// List the reports in the store with their status.
+    List,
+    /// Print every version of a study's report.
+    Show { study_uid: String },
+    /// Sign the current draft of a study's report (needs a reader profile).
+    Sign {
+        study_uid: String,
+        #[arg(long)]
+        user: String,
+    },
+    /// Replace the text of one section of a study's draft (e.g. the impression).
+    Edit {
+        study_uid: String,
+        /// Section: lungs, pleura, heart_mediastinum, bones, technique, nodules, other_findings,
+        /// lung_rads, impression.
+        #[arg(long)]
+        section: String,
+        #[arg(long)]
+        text: String,
+        #[arg(long)]
+        user: String,
+    },
+    /// Export a study's signed report (with its addenda) as PDF, DICOM SR and FHIR. Before
+    /// signing, only with --preliminary (and marked so). --from names the study's DICOM files
+    /// (for the header, the SR's references and the key images).
+    Export {
+        study_uid: String,
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        #[arg(long, value_name = "OUT.pdf")]
+        pdf: Option<PathBuf>,
+        #[arg(long, value_name = "OUT.dcm")]
+        sr: Option<PathBuf>,
+        #[arg(long, value_name = "OUT.json")]
+        fhir: Option<PathBuf>,
+        #[arg(long)]
+        preliminary: bool,
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Add a signed addendum to a signed report.
+    Addendum {
+        study_uid: String,
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        text: String,
+    },
+    /// Add (or change) a local user profile.
+    AddUser {
+        name: String,
+        /// reader or qa-lead
+        #[arg(long)]
+        role: String,
+    },
+    /// QA statistics per model version and label, as CSV (stdout, or --csv / --histogram files).
+    Stats {
+        #[arg(long, value_name = "OUT.csv")]
+        csv: Option<PathBuf>,
+        #[arg(long, value_name = "OUT.csv")]
+        histogram: Option<PathBuf>,
+    },
+    /// Test helper: sign a report for --signed-study, then autosave drafts of --study in a loop,
+    /// printing "saved N" after each commit (the crash test SIGKILLs it).
+    #[command(hide = true)]
+    AutosaveStress {
+        #[arg(long)]
+        study: String,
+        #[arg(long)]
+        signed_study: String,
+        #[arg(long, default_value = "stress.reader")]
+        user: String,
+    },
+}
+
+fn user_name(explicit: Option<&str>) -> String {
+    explicit
+        .map(str::to_owned)
+        .or_else(|| std::env::var("LUCENT_USER").ok().filter(|u| !u.trim().is_empty()))
+        .unwrap_or_else(|| "cli".to_owned())
+}
+
+/// After `lucent read`: draft each study's report, keep the draft in the report store (unless the
+/// study's report is already signed), write the preliminary exports and audit everything.
+pub fn after_read(path: &Path, reading: &crate::ai::ReadReport, args: &ReadExportArgs, store_dir: &Path) -> Result<()> {
+    let paths = ExportPaths { pdf: args.report.clone(), sr: args.sr.clone(), fhir: args.fhir.clone() };
+    if !paths.any() {
+        return Ok(());
+    }
+    let lang = reporting::parse_lang(&args.lang)?;
+    let user = user_name(args.user.as_deref());
+    let mut store = ReportStore::open(store_dir).context("opening the report store")?;
+    let bundles = reporting::bundles(path, reading)?;
+    anyhow::ensure!(!bundles.is_empty(), "no study to report on under {}", path.display());
+    for (i, bundle) in bundles.iter().enumerate() {
+        let study = &bundle.inputs.context.study_uid;
+        store.record_open(&user, study)?;
+        store.record_ai_run(&user, study, &bundle.inputs.findings)?;
+        let report = report::draft(&bundle.inputs, &Decisions::new(), lang);
+        match store.save_draft(&user, study, &report) {
+            Ok(_) | Err(report::Error::Signed) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let now = report::time::now_rfc3339();
+        for (format, sha) in reporting::write_preliminary_exports(bundle, &report, &paths, i, &now)? {
+            store.record_export(&user, study, format, report::ReportStatus::Draft, &sha, false)?;
+        }
+        let warnings = report::checks::check(&report, &bundle.inputs.findings, &Decisions::new(), None);
+        println!(
+            "Preliminary report ({}, {}) for study {}: {} finding(s), {} check warning(s)",
+            report.kind.code(),
+            lang.code(),
+            study,
+            bundle.inputs.findings.len(),
+            warnings.len()
+        );
+    }
+    Ok(())
+}
+
+pub fn audit(command: &AuditCommand, store_dir: &Path) -> Result<()> {
+    match command {
+        AuditCommand::Verify { json } => {
+            let store = ReportStore::open(store_dir).context("opening the report store")?;
+            let verdict = store.verify_audit()?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&verdict)?);
+            } else {
+                match &verdict.first_broken {
+                    None => println!("audit log intact: {} row(s), head {}", verdict.rows, verdict.head_hash),
+                    Some(b) => println!("audit log BROKEN at row {}: {}", b.id, b.reason),
+                }
+            }
+            match verdict.first_broken {
+                // main turns the error into exit status 1.
+                Some(b) => anyhow::bail!("the audit log is broken at row {}", b.id),
+                None => Ok(()),
+            }
+        }
+    }
+}
+
+pub fn run(command: &ReportCommand, store_dir: &Path) -> Result<()> {
+    let mut store = ReportStore::open(store_dir).context("opening the report store")?;
+    match command {
+        ReportCommand::List => {
+            for (uid, status) in store.reports()? {
+                println!("{:<10} {uid}", status.fhir());
+            }
+        }
+        ReportCommand::Show { study_uid } => {
+            let versions = store.versions(study_uid)?;
+            anyhow::ensure!(!versions.is_empty(), "no report for study {study_uid}");
+            for v in versions {
+                let who = match v.kind {
+                    VersionKind::Draft => format!("draft by {} (saved {})", v.author, v.saved_at),
+                    _ => format!(
+                        "{} by {} at {}",
+                        v.kind.code(),
+                        v.signed_by.unwrap_or_default(),
+                        v.signed_at.unwrap_or_default()
+                    ),
+                };
+                println!("--- version {}: {who}; sha256 {}", v.id, v.content_sha256);
+                match v.body {
+                    VersionBody::Report(r) => print!("{}", r.to_text()),
+                    VersionBody::Addendum { text } => println!("{text}"),
+                }
+            }
+        }
+        ReportCommand::Sign { study_uid, user } => {
+            let v = store.sign(user, study_uid)?;
+            println!("signed version {} (sha256 {})", v.id, v.content_sha256);
+        }
+        ReportCommand::Edit { study_uid, section, text, user } => {
+            let id: SectionId = serde_json::from_value(serde_json::Value::String(section.clone()))
+                .with_context(|| format!("unknown section {section:?}"))?;
+            let draft = store.draft(study_uid)?.context("no draft for this study (run `lucent read` first)")?;
+            let VersionBody::Report(mut report) = draft.body else { anyhow::bail!("the draft holds no report") };
+            anyhow::ensure!(report.set_section_text(id, text), "the report has no section {section:?}");
+            let findings = store.findings(study_uid)?;
+            let decisions = store.decisions(study_uid)?;
+            store.save_draft(user, study_uid, &report)?;
+            for w in report::checks::check(&report, &findings, &decisions, None) {
+                println!("warning {}: {}", w.code.code(), w.message(Lang::En));
+            }
+            println!("draft saved");
+        }
+        ReportCommand::Export { study_uid, from, pdf, sr, fhir, preliminary, user } => {
+            let user = user_name(user.as_deref());
+            let paths = ExportPaths { pdf: pdf.clone(), sr: sr.clone(), fhir: fhir.clone() };
+            anyhow::ensure!(paths.any(), "nothing to export: give --pdf, --sr and/or --fhir");
+            let source = store.export_source(study_uid, *preliminary)?;
+            let empty = crate::ai::ReadReport { disclaimer: crate::ai::DISCLAIMER, series: Vec::new() };
+            let mut bundle = reporting::bundles(from, &empty)?
+                .into_iter()
+                .find(|b| &b.inputs.context.study_uid == study_uid)
+                .with_context(|| format!("{} holds no image of study {study_uid}", from.display()))?;
+            // The findings as recorded when the AI ran (key images are drawn only by `lucent read`).
+            bundle.inputs.findings = store.findings(study_uid)?;
+            let decisions = store.decisions(study_uid)?;
+            let now = report::time::now_rfc3339();
+            for (format, sha) in reporting::write_exports(&bundle, &source, &decisions, &paths, 0, &now)? {
+                store.record_export(&user, study_uid, format, source.status, &sha, false)?;
+            }
+            println!("exported the {} report", source.status.fhir());
+        }
+        ReportCommand::Addendum { study_uid, user, text } => {
+            let v = store.add_addendum(user, study_uid, text)?;
+            println!("addendum version {}", v.id);
+        }
+        ReportCommand::AddUser { name, role } => {
+            let role: Role = role.parse()?;
+            store.add_user(name, role)?;
+            println!("user {name}: {}", role.code());
+        }
+        ReportCommand::Stats { csv, histogram } => {
+            let stats = report::stats::compute(&store.decided_findings()?);
+            let table = report::stats::to_csv(&stats);
+            match csv {
+                Some(out) => std::fs::write(out, &table).with_context(|| format!("writing {}", out.display()))?,
+                None => print!("{table}"),
+            }
+            if let Some(out) = histogram {
+                std::fs::write(out, report::stats::histogram_csv(&stats))
+                    .with_context(|| format!("writing {}", out.display()))?;
+            }
+        }
+        ReportCommand::AutosaveStress { study, signed_study, user } => {
+            store.add_user(user, Role::Reader)?;
+            let inputs = report::model::StudyInputs {
+                context: report::model::StudyContext { modality: "DX".into(), ..Default::default() },
+                ..Default::default()
+            };
+            let mut signed = report::draft(&inputs, &Decisions::new(), Lang::En);
+            signed.set_section_text(SectionId::Impression, "SIGNED CONTENT");
+            store.save_draft(user, signed_study, &signed)?;
+            store.sign(user, signed_study)?;
+            let mut stdout = std::io::stdout();
+            writeln!(stdout, "signed")?;
+            stdout.flush()?;
+            let mut draft = report::draft(&inputs, &Decisions::new(), Lang::En);
+            for i in 0u64.. {
+                draft.set_section_text(SectionId::Impression, &format!("autosave {i} {}", "x".repeat(200)));
+                store.save_draft(user, study, &draft)?;
+                writeln!(stdout, "saved {i}")?;
+                stdout.flush()?;
+            }
+        }
+    }
+    Ok(())
+}

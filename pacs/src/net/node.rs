@@ -1,0 +1,209 @@
+//! PACS nodes the user configured (AE title, address, our AE title, timeouts), and the node book
+//! that keeps them in a JSON file, saved atomically.
+//!
+//! This module only describes peers; it opens no connection.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Default time to open the TCP connection, seconds.
+pub const DEFAULT_CONNECT_TIMEOUT_S: f64 = 5.0;
+/// Default time a peer may stay silent during an exchange, seconds.
+pub const DEFAULT_DIMSE_TIMEOUT_S: f64 = 30.0;
+
+/// A DICOM peer (PACS, modality, workstation) and how Lucent talks to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PacsNode {
+    /// The user's name for the node (unique in a [`NodeBook`]).
+    pub name: String,
+    /// The peer's AE title (the "called" AE title).
+    pub ae_title: String,
+    pub host: String,
+    pub port: u16,
+    /// Lucent's AE title towards this peer (the "calling" AE title; the peer must know it).
+    pub our_ae_title: String,
+    /// Time to open the TCP connection, seconds.
+    #[serde(default = "default_connect_timeout_s")]
+    pub connect_timeout_s: f64,
+    /// Time the peer may stay silent during an exchange (per read or write), seconds.
+    #[serde(default = "default_dimse_timeout_s")]
+    pub dimse_timeout_s: f64,
+    /// DICOM over TLS. Recorded, but this build refuses TLS nodes with [`Error::TlsUnsupported`].
+    #[serde(default)]
+    pub tls: bool,
+}
+
+fn default_connect_timeout_s() -> f64 {
+    DEFAULT_CONNECT_TIMEOUT_S
+}
+
+fn default_dimse_timeout_s() -> f64 {
+    DEFAULT_DIMSE_TIMEOUT_S
+}
+
+impl PacsNode {
+    /// A node with the default timeouts and no TLS.
+    pub fn new(name: &str, ae_title: &str, host: &str, port: u16, our_ae_title: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            ae_title: ae_title.to_owned(),
+            host: host.to_owned(),
+            port,
+            our_ae_title: our_ae_title.to_owned(),
+            connect_timeout_s: DEFAULT_CONNECT_TIMEOUT_S,
+            dimse_timeout_s: DEFAULT_DIMSE_TIMEOUT_S,
+            tls: false,
+        }
+    }
+
+    /// `AE@host:port`, as used in messages (no patient data).
+    pub fn label(&self) -> String {
+        format!("{}@{}:{}", self.ae_title, self.host, self.port)
+    }
+
+    /// Checks the AE titles, address and timeouts.
+    pub fn validate(&self) -> Result<()> {
+        validate_ae_title(&self.ae_title, "the peer's AE title")?;
+        validate_ae_title(&self.our_ae_title, "our AE title")?;
+        if self.host.trim().is_empty() {
+            return Err(invalid("the host is empty"));
+        }
+        if self.port == 0 {
+            return Err(invalid("the port is 0"));
+        }
+        for (value, what) in [(self.connect_timeout_s, "connect timeout"), (self.dimse_timeout_s, "DIMSE timeout")] {
+            if !(value.is_finite() && value > 0.0 && value <= 86_400.0) {
+                return Err(invalid(format!("the {what} must be between 0 and 86400 s, got {value}")));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        seconds(self.connect_timeout_s)
+    }
+
+    pub(crate) fn dimse_timeout(&self) -> Duration {
+        seconds(self.dimse_timeout_s)
+    }
+}
+
+pub(crate) fn seconds(value_s: f64) -> Duration {
+    Duration::try_from_secs_f64(value_s.clamp(0.001, 86_400.0)).unwrap_or(Duration::from_secs(30))
+}
+
+fn invalid(reason: impl Into<String>) -> Error {
+    Error::InvalidNode { reason: reason.into() }
+}
+
+/// Checks an AE title: 1 to 16 characters of the default repertoire, no backslash or control
+/// characters, not only spaces.
+pub fn validate_ae_title(title: &str, what: &str) -> Result<()> {
+    let trimmed = title.trim();
+    if trimmed.is_empty() {
+        return Err(invalid(format!("{what} is empty")));
+    }
+    if title.len() > 16 {
+        return Err(invalid(format!("{what} {title:?} is longer than 16 characters")));
+    }
+    if title.chars().any(|c| !(' '..='~').contains(&c) || c == '\\') {
+        return Err(invalid(format!("{what} {title:?} has characters outside printable ASCII (or a backslash)")));
+    }
+    Ok(())
+}
+
+/// The configured nodes, kept as JSON (`{"nodes": [...], "web": [...]}`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeBook {
+    pub nodes: Vec<PacsNode>,
+    /// DICOMweb servers ([`crate::dicomweb`]).
+    #[serde(default)]
+    pub web: Vec<crate::dicomweb::WebNode>,
+}
+
+impl NodeBook {
+    /// Reads the book; a missing file is an empty book.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(Error::io(path, e)),
+        };
+        serde_json::from_str(&text).map_err(|e| invalid(format!("cannot read the node book {}: {e}", path.display())))
+    }
+
+    /// Writes the book atomically (temp file beside it, fsync, rename, directory fsync).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self).map_err(|e| invalid(e.to_string()))?;
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        crate::store::write_atomically(&dir, path, |f| std::io::Write::write_all(f, text.as_bytes()))
+    }
+
+    /// The node called `name` (exact match).
+    pub fn get(&self, name: &str) -> Option<&PacsNode> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// Adds the node, or replaces the one with the same name. Validates it first.
+    pub fn upsert(&mut self, node: PacsNode) -> Result<()> {
+        node.validate()?;
+        match self.nodes.iter_mut().find(|n| n.name == node.name) {
+            Some(slot) => *slot = node,
+            None => self.nodes.push(node),
+        }
+        self.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(())
+    }
+
+    /// Removes the node called `name`; whether there was one.
+    pub fn remove(&mut self, name: &str) -> bool {
+        let before = self.nodes.len();
+        self.nodes.retain(|n| n.name != name);
+        self.nodes.len() != before
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn book_round_trips_and_replaces_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/nodes.json");
+        assert_eq!(NodeBook::load(&path).unwrap(), NodeBook::default());
+        let mut book = NodeBook::default();
+        book.upsert(PacsNode::new("main", "ORTHANC", "127.0.0.1", 4242, "LUCENT")).unwrap();
+        book.upsert(PacsNode { port: 104, ..PacsNode::new("main", "ORTHANC", "pacs", 104, "LUCENT") }).unwrap();
+        book.upsert(PacsNode::new("backup", "ARCHIVE", "10.0.0.2", 11112, "LUCENT")).unwrap();
+        book.save(&path).unwrap();
+        let loaded = NodeBook::load(&path).unwrap();
+        assert_eq!(loaded, book);
+        assert_eq!(loaded.nodes.len(), 2);
+        assert_eq!(loaded.get("main").unwrap().port, 104);
+        let mut loaded = loaded;
+        assert!(loaded.remove("main"));
+        assert!(!loaded.remove("main"));
+        // No temp file is left beside the book.
+        let names: Vec<_> =
+            std::fs::read_dir(path.parent().unwrap()).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn bad_ae_titles_are_refused() {
+        assert!(PacsNode::new("x", "A-VERY-LONG-AE-TITLE", "h", 1, "L").validate().is_err());
+        assert!(PacsNode::new("x", "   ", "h", 1, "L").validate().is_err());
+        assert!(PacsNode::new("x", "OK", "h", 1, "BAD\\AE").validate().is_err());
+        assert!(PacsNode::new("x", "OK", "h", 0, "L").validate().is_err());
+        assert!(PacsNode::new("x", "OK", "h", 1, "L").validate().is_ok());
+    }
+}

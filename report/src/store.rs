@@ -1,0 +1,1124 @@
+//! The report store: one SQLite file (`reports.sqlite`) in a folder the app gives, in WAL mode.
+//!
+//! * `reports`: one per study (template, language).
+//! * `versions`: the current **draft** (autosaves overwrite it), then immutable **signed** versions
+//!   and **addenda**. A signed version or addendum can be neither updated nor deleted: the code
+//!   refuses, and SQLite triggers `RAISE(ABORT)` should anything else try.
+//! * `findings`: the AI findings of each run (model, version, label, score, threshold), for QA.
+//! * `decisions`: the reader's current decision per finding (frozen once the report is signed).
+//! * `qa_reviews`: QA leads' reviews, append-only, kept apart from the reader's decisions so that a
+//!   review never alters a signed report.
+//! * `users`: local profiles (name, role reader | qa_lead).
+//! * `audit`: append-only log of who did what when, hash-chained (SHA-256 over the previous hash and
+//!   the row), with triggers refusing UPDATE and DELETE. [`ReportStore::verify_audit`] finds the
+//!   first broken link. The chain detects edited, inserted and deleted rows; it cannot detect that
+//!   the newest rows were cut off unless the head hash is kept elsewhere (the verdict gives it).
+//!
+//! Nothing in this store holds a patient name or ID: reports are keyed by Study Instance UID and
+//! audit details carry ids, model versions, counts and hashes only (export paths are not logged).
+//! Signing and addenda run with `synchronous=FULL`; a SIGKILL at any point leaves the last
+//! committed draft and every signed version intact (tested).
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::draft::Report;
+use crate::error::{Error, Result};
+use crate::model::{AiFinding, Decisions, FindingDecision};
+
+const SCHEMA: &str = r"
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL CHECK (role IN ('reader', 'qa_lead')),
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS reports (
+    id INTEGER PRIMARY KEY,
+    study_uid TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    lang TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS versions (
+    id INTEGER PRIMARY KEY,
+    report_id INTEGER NOT NULL REFERENCES reports(id),
+    kind TEXT NOT NULL CHECK (kind IN ('draft', 'signed', 'addendum')),
+    body TEXT NOT NULL,
+    author TEXT NOT NULL,
+    saved_at TEXT NOT NULL,
+    signed_by TEXT,
+    signed_at TEXT,
+    content_sha256 TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS one_draft_per_report ON versions(report_id) WHERE kind = 'draft';
+CREATE TABLE IF NOT EXISTS findings (
+    study_uid TEXT NOT NULL,
+    finding_id TEXT NOT NULL,
+    model_id TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    label TEXT NOT NULL,
+    score REAL NOT NULL,
+    threshold REAL NOT NULL,
+    recorded_at TEXT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (study_uid, finding_id)
+);
+CREATE TABLE IF NOT EXISTS decisions (
+    study_uid TEXT NOT NULL,
+    finding_id TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    user TEXT NOT NULL,
+    decided_at TEXT NOT NULL,
+    PRIMARY KEY (study_uid, finding_id)
+);
+CREATE TABLE IF NOT EXISTS qa_reviews (
+    id INTEGER PRIMARY KEY,
+    study_uid TEXT NOT NULL,
+    finding_id TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    reviewer TEXT NOT NULL,
+    reviewed_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY,
+    at TEXT NOT NULL,
+    user TEXT NOT NULL,
+    action TEXT NOT NULL,
+    object TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS signed_versions_are_immutable BEFORE UPDATE ON versions
+    WHEN OLD.kind <> 'draft'
+    BEGIN SELECT RAISE(ABORT, 'signed report versions are immutable'); END;
+CREATE TRIGGER IF NOT EXISTS signed_versions_are_kept BEFORE DELETE ON versions
+    WHEN OLD.kind <> 'draft'
+    BEGIN SELECT RAISE(ABORT, 'signed report versions cannot be deleted'); END;
+CREATE TRIGGER IF NOT EXISTS qa_reviews_are_append_only BEFORE UPDATE ON qa_reviews
+    BEGIN SELECT RAISE(ABORT, 'QA reviews are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+";
+
+/// The hash before the first audit row.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// A local user's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Reads studies, decides on findings, edits and signs reports.
+    Reader,
+    /// Reviews what the AI flagged and how readers responded; never alters a signed report.
+    QaLead,
+}
+
+impl Role {
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Reader => "reader",
+            Self::QaLead => "qa_lead",
+        }
+    }
+
+    fn parse(code: &str) -> Result<Self> {
+        match code {
+            "reader" => Ok(Self::Reader),
+            "qa_lead" => Ok(Self::QaLead),
+            other => Err(Error::Invalid { what: format!("role {other:?}") }),
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Self::parse(&s.trim().to_ascii_lowercase().replace('-', "_"))
+    }
+}
+
+/// A local user profile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub name: String,
+    pub role: Role,
+}
+
+/// What a stored version is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VersionKind {
+    Draft,
+    Signed,
+    Addendum,
+}
+
+impl VersionKind {
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Draft => "draft",
+            Self::Signed => "signed",
+            Self::Addendum => "addendum",
+        }
+    }
+
+    fn parse(code: &str) -> Result<Self> {
+        match code {
+            "draft" => Ok(Self::Draft),
+            "signed" => Ok(Self::Signed),
+            "addendum" => Ok(Self::Addendum),
+            other => Err(Error::Invalid { what: format!("version kind {other:?}") }),
+        }
+    }
+}
+
+/// The body of a version: the report, or an addendum's text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum VersionBody {
+    Report(Report),
+    Addendum { text: String },
+}
+
+/// One stored version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportVersion {
+    pub id: i64,
+    pub study_uid: String,
+    pub kind: VersionKind,
+    pub body: VersionBody,
+    pub author: String,
+    pub saved_at: String,
+    pub signed_by: Option<String>,
+    pub signed_at: Option<String>,
+    /// SHA-256 of the stored body.
+    pub content_sha256: String,
+}
+
+/// Where a study's report stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportStatus {
+    /// Not signed (the FHIR status of a preliminary export).
+    Draft,
+    /// Signed, no addenda.
+    Final,
+    /// Signed, with addenda.
+    Amended,
+}
+
+impl ReportStatus {
+    /// The FHIR DiagnosticReport status.
+    pub fn fhir(self) -> &'static str {
+        match self {
+            Self::Draft => "preliminary",
+            Self::Final => "final",
+            Self::Amended => "amended",
+        }
+    }
+}
+
+/// What may be exported, after the signing gate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportSource {
+    pub report: Report,
+    pub status: ReportStatus,
+    pub signed_by: Option<String>,
+    pub signed_at: Option<String>,
+    /// Addenda texts with their signer and time, oldest first.
+    pub addenda: Vec<(String, String, String)>,
+}
+
+/// An audit action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditAction {
+    UserAdded,
+    Open,
+    AiRun,
+    Accept,
+    Reject,
+    Edit,
+    Draft,
+    Sign,
+    Addendum,
+    Export,
+    Send,
+    QaReview,
+}
+
+impl AuditAction {
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::UserAdded => "user_added",
+            Self::Open => "open",
+            Self::AiRun => "ai_run",
+            Self::Accept => "accept",
+            Self::Reject => "reject",
+            Self::Edit => "edit",
+            Self::Draft => "draft",
+            Self::Sign => "sign",
+            Self::Addendum => "addendum",
+            Self::Export => "export",
+            Self::Send => "send",
+            Self::QaReview => "qa_review",
+        }
+    }
+}
+
+/// One audit row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: String,
+    pub user: String,
+    pub action: String,
+    pub object: String,
+    /// JSON text, exactly as hashed.
+    pub detail: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl AuditEntry {
+    /// SHA-256 (hex) over the previous hash and the canonical row.
+    pub fn compute_hash(&self) -> String {
+        let canonical = serde_json::json!([self.id, self.at, self.user, self.action, self.object, self.detail]);
+        let mut h = Sha256::new();
+        h.update(self.prev_hash.as_bytes());
+        h.update(b"\n");
+        h.update(canonical.to_string().as_bytes());
+        hex::encode(h.finalize())
+    }
+}
+
+/// The first broken link of the audit chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokenLink {
+    pub id: i64,
+    pub reason: String,
+}
+
+/// The result of [`ReportStore::verify_audit`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditVerdict {
+    pub rows: u64,
+    /// The last row's hash (record it elsewhere to detect truncation later).
+    pub head_hash: String,
+    pub first_broken: Option<BrokenLink>,
+}
+
+impl AuditVerdict {
+    pub fn is_intact(&self) -> bool {
+        self.first_broken.is_none()
+    }
+}
+
+/// A QA lead's review of one finding.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QaReview {
+    pub id: i64,
+    pub study_uid: String,
+    pub finding_id: String,
+    pub decision: FindingDecision,
+    pub reviewer: String,
+    pub reviewed_at: String,
+}
+
+/// A recorded finding with the decision that counts for statistics (a QA review when there is
+/// one, else the reader's decision).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecidedFinding {
+    pub study_uid: String,
+    pub finding: AiFinding,
+    pub recorded_at: String,
+    pub decision: FindingDecision,
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The report store (see the module docs).
+pub struct ReportStore {
+    path: PathBuf,
+    conn: Connection,
+    clock: fn() -> String,
+}
+
+impl std::fmt::Debug for ReportStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReportStore").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl ReportStore {
+    /// The file name inside the folder the app gives.
+    pub const FILE_NAME: &'static str = "reports.sqlite";
+
+    /// Opens (creating when needed) `dir/reports.sqlite`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let path = dir.join(Self::FILE_NAME);
+        let conn = Connection::open(&path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self { path, conn, clock: crate::time::now_rfc3339 })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Replaces the clock (RFC 3339 UTC text); for tests and imports of old data.
+    pub fn set_clock(&mut self, clock: fn() -> String) {
+        self.clock = clock;
+    }
+
+    fn now(&self) -> String {
+        (self.clock)()
+    }
+
+    /// `PRAGMA integrity_check` ("ok" when sound).
+    pub fn integrity_check(&self) -> Result<String> {
+        Ok(self.conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+    }
+
+    // ---- users ----
+
+    /// Adds a local user profile (or changes its role).
+    pub fn add_user(&mut self, name: &str, role: Role) -> Result<User> {
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(Error::Invalid { what: "an empty user name".into() });
+        }
+        let at = self.now();
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO users (name, role, created_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT(name) DO UPDATE SET role = excluded.role",
+            params![name, role.code(), at],
+        )?;
+        append_audit_tx(&tx, &at, name, AuditAction::UserAdded, name, &serde_json::json!({ "role": role.code() }))?;
+        tx.commit()?;
+        Ok(User { name: name.to_owned(), role })
+    }
+
+    pub fn user(&self, name: &str) -> Result<Option<User>> {
+        let row: Option<String> =
+            self.conn.query_row("SELECT role FROM users WHERE name = ?1", [name], |r| r.get(0)).optional()?;
+        row.map(|role| Ok(User { name: name.to_owned(), role: Role::parse(&role)? })).transpose()
+    }
+
+    pub fn users(&self) -> Result<Vec<User>> {
+        let mut stmt = self.conn.prepare("SELECT name, role FROM users ORDER BY name")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (name, role) = row?;
+            out.push(User { name, role: Role::parse(&role)? });
+        }
+        Ok(out)
+    }
+
+    fn require(&self, name: &str, role: Role) -> Result<()> {
+        match self.user(name)? {
+            Some(u) if u.role == role => Ok(()),
+            Some(u) => Err(Error::Forbidden {
+                what: format!("user {name:?} is a {} and this needs a {}", u.role.code(), role.code()),
+            }),
+            None => Err(Error::Forbidden { what: format!("no user profile named {name:?}") }),
+        }
+    }
+
+    // ---- audit ----
+
+    /// Appends an audit row. `detail` must not hold patient names or IDs.
+    pub fn append_audit(
+        &mut self,
+        user: &str,
+        action: AuditAction,
+        object: &str,
+        detail: &serde_json::Value,
+    ) -> Result<AuditEntry> {
+        let at = self.now();
+        let tx = self.conn.transaction()?;
+        let entry = append_audit_tx(&tx, &at, user, action, object, detail)?;
+        tx.commit()?;
+        Ok(entry)
+    }
+
+    /// The whole audit log, oldest first.
+    pub fn audit_log(&self) -> Result<Vec<AuditEntry>> {
+        let mut stmt =
+            self.conn.prepare("SELECT id, at, user, action, object, detail, prev_hash, hash FROM audit ORDER BY id")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(AuditEntry {
+                id: r.get(0)?,
+                at: r.get(1)?,
+                user: r.get(2)?,
+                action: r.get(3)?,
+                object: r.get(4)?,
+                detail: r.get(5)?,
+                prev_hash: r.get(6)?,
+                hash: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// Walks the hash chain and reports the first broken link.
+    pub fn verify_audit(&self) -> Result<AuditVerdict> {
+        let mut prev = GENESIS_HASH.to_owned();
+        let mut rows = 0;
+        for entry in self.audit_log()? {
+            rows += 1;
+            let broken = if entry.prev_hash != prev {
+                Some("its previous-hash does not match the row before it (a row was removed, inserted or changed)")
+            } else if entry.compute_hash() != entry.hash {
+                Some("its hash does not match its content (the row was changed)")
+            } else {
+                None
+            };
+            if let Some(reason) = broken {
+                return Ok(AuditVerdict {
+                    rows,
+                    head_hash: prev,
+                    first_broken: Some(BrokenLink { id: entry.id, reason: reason.to_owned() }),
+                });
+            }
+            prev = entry.hash;
+        }
+        Ok(AuditVerdict { rows, head_hash: prev, first_broken: None })
+    }
+
+    // ---- findings and decisions ----
+
+    /// Records that the study was opened.
+    pub fn record_open(&mut self, user: &str, study_uid: &str) -> Result<()> {
+        self.append_audit(user, AuditAction::Open, study_uid, &serde_json::json!({}))?;
+        Ok(())
+    }
+
+    /// Records an AI run's findings (replacing earlier rows with the same ids) and audits the
+    /// models and versions that ran.
+    pub fn record_ai_run(&mut self, user: &str, study_uid: &str, findings: &[AiFinding]) -> Result<()> {
+        let at = self.now();
+        let tx = self.conn.transaction()?;
+        let mut models = std::collections::BTreeSet::new();
+        for f in findings {
+            tx.execute(
+                "INSERT OR REPLACE INTO findings
+                 (study_uid, finding_id, model_id, model_version, label, score, threshold, recorded_at, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    study_uid,
+                    f.id,
+                    f.model_id,
+                    f.model_version,
+                    f.label,
+                    f64::from(f.score),
+                    f64::from(f.threshold),
+                    at,
+                    serde_json::to_string(f)?
+                ],
+            )?;
+            models.insert(format!("{} {}", f.model_id, f.model_version));
+        }
+        let detail = serde_json::json!({
+            "models": models.into_iter().collect::<Vec<_>>(),
+            "findings": findings.len(),
+            "flagged": findings.iter().filter(|f| f.is_flagged()).count(),
+        });
+        append_audit_tx(&tx, &at, user, AuditAction::AiRun, study_uid, &detail)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The recorded findings of a study, in id order.
+    pub fn findings(&self, study_uid: &str) -> Result<Vec<AiFinding>> {
+        let mut stmt = self.conn.prepare("SELECT body FROM findings WHERE study_uid = ?1 ORDER BY finding_id")?;
+        let rows = stmt.query_map([study_uid], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(serde_json::from_str(&row?)?);
+        }
+        Ok(out)
+    }
+
+    /// Sets the reader's decision on a finding. Refused once the report is signed (later changes
+    /// are addenda).
+    pub fn set_decision(
+        &mut self,
+        user: &str,
+        study_uid: &str,
+        finding_id: &str,
+        decision: &FindingDecision,
+    ) -> Result<()> {
+        self.require(user, Role::Reader)?;
+        if self.is_signed(study_uid)? {
+            return Err(Error::Signed);
+        }
+        let at = self.now();
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT OR REPLACE INTO decisions (study_uid, finding_id, decision, user, decided_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![study_uid, finding_id, serde_json::to_string(decision)?, user, at],
+        )?;
+        let action = match decision {
+            FindingDecision::Accepted | FindingDecision::Pending => AuditAction::Accept,
+            FindingDecision::Rejected { .. } => AuditAction::Reject,
+            FindingDecision::Edited { .. } => AuditAction::Edit,
+        };
+        let detail = decision_detail(finding_id, decision);
+        append_audit_tx(&tx, &at, user, action, study_uid, &detail)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The reader's decisions of a study.
+    pub fn decisions(&self, study_uid: &str) -> Result<Decisions> {
+        let mut stmt = self.conn.prepare("SELECT finding_id, decision FROM decisions WHERE study_uid = ?1")?;
+        let rows = stmt.query_map([study_uid], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Decisions::new();
+        for row in rows {
+            let (id, d) = row?;
+            out.insert(id, serde_json::from_str(&d)?);
+        }
+        Ok(out)
+    }
+
+    /// Adds a QA lead's review. Reviews are stored apart and never change the reader's decisions
+    /// or any report version.
+    pub fn add_qa_review(
+        &mut self,
+        reviewer: &str,
+        study_uid: &str,
+        finding_id: &str,
+        decision: &FindingDecision,
+    ) -> Result<i64> {
+        self.require(reviewer, Role::QaLead)?;
+        let at = self.now();
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO qa_reviews (study_uid, finding_id, decision, reviewer, reviewed_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![study_uid, finding_id, serde_json::to_string(decision)?, reviewer, at],
+        )?;
+        let id = tx.last_insert_rowid();
+        append_audit_tx(&tx, &at, reviewer, AuditAction::QaReview, study_uid, &decision_detail(finding_id, decision))?;
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// The QA reviews of a study, oldest first.
+    pub fn qa_reviews(&self, study_uid: &str) -> Result<Vec<QaReview>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, study_uid, finding_id, decision, reviewer, reviewed_at FROM qa_reviews
+             WHERE study_uid = ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map([study_uid], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, String>(3)?, r.get(4)?, r.get(5)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, study_uid, finding_id, decision, reviewer, reviewed_at) = row?;
+            out.push(QaReview {
+                id,
+                study_uid,
+                finding_id,
+                decision: serde_json::from_str(&decision)?,
+                reviewer,
+                reviewed_at,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every recorded finding with the decision that counts for statistics: the latest QA review,
+    /// else the reader's decision, else pending.
+    pub fn decided_findings(&self) -> Result<Vec<DecidedFinding>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT f.study_uid, f.body, f.recorded_at,
+                    (SELECT q.decision FROM qa_reviews q WHERE q.study_uid = f.study_uid
+                        AND q.finding_id = f.finding_id ORDER BY q.id DESC LIMIT 1),
+                    (SELECT d.decision FROM decisions d WHERE d.study_uid = f.study_uid
+                        AND d.finding_id = f.finding_id)
+             FROM findings f ORDER BY f.recorded_at, f.study_uid, f.finding_id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<String>>(4)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (study_uid, body, recorded_at, qa, reader) = row?;
+            let decision = match qa.or(reader) {
+                Some(d) => serde_json::from_str(&d)?,
+                None => FindingDecision::Pending,
+            };
+            out.push(DecidedFinding { study_uid, finding: serde_json::from_str(&body)?, recorded_at, decision });
+        }
+        Ok(out)
+    }
+
+    // ---- reports and versions ----
+
+    fn report_id(&self, study_uid: &str) -> Result<Option<i64>> {
+        Ok(self.conn.query_row("SELECT id FROM reports WHERE study_uid = ?1", [study_uid], |r| r.get(0)).optional()?)
+    }
+
+    fn is_signed(&self, study_uid: &str) -> Result<bool> {
+        Ok(self.conn.query_row(
+            "SELECT COUNT(*) FROM versions v JOIN reports r ON r.id = v.report_id
+             WHERE r.study_uid = ?1 AND v.kind = 'signed'",
+            [study_uid],
+            |r| r.get::<_, i64>(0),
+        )? > 0)
+    }
+
+    /// Autosaves the draft (overwriting the previous autosave). Refused once signed.
+    pub fn save_draft(&mut self, user: &str, study_uid: &str, report: &Report) -> Result<i64> {
+        if self.is_signed(study_uid)? {
+            return Err(Error::Signed);
+        }
+        let at = self.now();
+        let body = serde_json::to_string(&VersionBody::Report(report.clone()))?;
+        let hash = sha256_hex(body.as_bytes());
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO reports (study_uid, kind, lang, created_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(study_uid) DO UPDATE SET kind = excluded.kind, lang = excluded.lang",
+            params![study_uid, report.kind.code(), report.lang.code(), at],
+        )?;
+        let report_id: i64 = tx.query_row("SELECT id FROM reports WHERE study_uid = ?1", [study_uid], |r| r.get(0))?;
+        let existing: Option<i64> = tx
+            .query_row("SELECT id FROM versions WHERE report_id = ?1 AND kind = 'draft'", [report_id], |r| r.get(0))
+            .optional()?;
+        let id = match existing {
+            Some(id) => {
+                tx.execute(
+                    "UPDATE versions SET body = ?1, author = ?2, saved_at = ?3, content_sha256 = ?4 WHERE id = ?5",
+                    params![body, user, at, hash, id],
+                )?;
+                id
+            }
+            None => {
+                tx.execute(
+                    "INSERT INTO versions (report_id, kind, body, author, saved_at, content_sha256)
+                     VALUES (?1, 'draft', ?2, ?3, ?4, ?5)",
+                    params![report_id, body, user, at, hash],
+                )?;
+                let id = tx.last_insert_rowid();
+                append_audit_tx(&tx, &at, user, AuditAction::Draft, study_uid, &serde_json::json!({ "version": id }))?;
+                id
+            }
+        };
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// The current draft, if the report is not signed yet.
+    pub fn draft(&self, study_uid: &str) -> Result<Option<ReportVersion>> {
+        Ok(self.versions(study_uid)?.into_iter().find(|v| v.kind == VersionKind::Draft))
+    }
+
+    /// Signs the current draft: it becomes an immutable signed version (written with
+    /// `synchronous=FULL`). Needs a reader profile.
+    pub fn sign(&mut self, user: &str, study_uid: &str) -> Result<ReportVersion> {
+        self.require(user, Role::Reader)?;
+        if self.is_signed(study_uid)? {
+            return Err(Error::Signed);
+        }
+        let draft = self.draft(study_uid)?.ok_or_else(|| Error::NotFound { what: "a draft to sign".into() })?;
+        let at = self.now();
+        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        let result = (|| -> Result<i64> {
+            let tx = self.conn.transaction()?;
+            let body: String = tx.query_row("SELECT body FROM versions WHERE id = ?1", [draft.id], |r| r.get(0))?;
+            let report_id: i64 =
+                tx.query_row("SELECT report_id FROM versions WHERE id = ?1", [draft.id], |r| r.get(0))?;
+            let hash = sha256_hex(body.as_bytes());
+            tx.execute(
+                "INSERT INTO versions (report_id, kind, body, author, saved_at, signed_by, signed_at, content_sha256)
+                 VALUES (?1, 'signed', ?2, ?3, ?4, ?5, ?4, ?6)",
+                params![report_id, body, draft.author, at, user, hash],
+            )?;
+            let id = tx.last_insert_rowid();
+            tx.execute("DELETE FROM versions WHERE id = ?1", [draft.id])?;
+            append_audit_tx(
+                &tx,
+                &at,
+                user,
+                AuditAction::Sign,
+                study_uid,
+                &serde_json::json!({ "version": id, "content_sha256": hash }),
+            )?;
+            tx.commit()?;
+            Ok(id)
+        })();
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let id = result?;
+        self.version(id)
+    }
+
+    /// Appends a signed addendum to a signed report.
+    pub fn add_addendum(&mut self, user: &str, study_uid: &str, text: &str) -> Result<ReportVersion> {
+        self.require(user, Role::Reader)?;
+        if !self.is_signed(study_uid)? {
+            return Err(Error::NotSigned);
+        }
+        let report_id = self.report_id(study_uid)?.ok_or_else(|| Error::NotFound { what: "the report".into() })?;
+        let at = self.now();
+        let body = serde_json::to_string(&VersionBody::Addendum { text: text.to_owned() })?;
+        let hash = sha256_hex(body.as_bytes());
+        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        let result = (|| -> Result<i64> {
+            let tx = self.conn.transaction()?;
+            tx.execute(
+                "INSERT INTO versions (report_id, kind, body, author, saved_at, signed_by, signed_at, content_sha256)
+                 VALUES (?1, 'addendum', ?2, ?3, ?4, ?3, ?4, ?5)",
+                params![report_id, body, user, at, hash],
+            )?;
+            let id = tx.last_insert_rowid();
+            append_audit_tx(
+                &tx,
+                &at,
+                user,
+                AuditAction::Addendum,
+                study_uid,
+                &serde_json::json!({ "version": id, "content_sha256": hash }),
+            )?;
+            tx.commit()?;
+            Ok(id)
+        })();
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let id = result?;
+        self.version(id)
+    }
+
+    fn version(&self, id: i64) -> Result<ReportVersion> {
+        self.versions_where("v.id = ?1", &id)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::NotFound { what: format!("report version {id}") })
+    }
+
+    /// Every version of a study's report: signed and addenda oldest first, then the draft.
+    pub fn versions(&self, study_uid: &str) -> Result<Vec<ReportVersion>> {
+        self.versions_where("r.study_uid = ?1", &study_uid)
+    }
+
+    fn versions_where(&self, condition: &str, value: &dyn rusqlite::ToSql) -> Result<Vec<ReportVersion>> {
+        let sql = format!(
+            "SELECT v.id, r.study_uid, v.kind, v.body, v.author, v.saved_at, v.signed_by, v.signed_at, v.content_sha256
+             FROM versions v JOIN reports r ON r.id = v.report_id WHERE {condition}
+             ORDER BY CASE v.kind WHEN 'draft' THEN 1 ELSE 0 END, v.id"
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map([value], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, Option<String>>(6)?,
+                r.get::<_, Option<String>>(7)?,
+                r.get::<_, String>(8)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, study_uid, kind, body, author, saved_at, signed_by, signed_at, content_sha256) = row?;
+            out.push(ReportVersion {
+                id,
+                study_uid,
+                kind: VersionKind::parse(&kind)?,
+                body: serde_json::from_str(&body)?,
+                author,
+                saved_at,
+                signed_by,
+                signed_at,
+                content_sha256,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The status of a study's report (None when there is none).
+    pub fn status(&self, study_uid: &str) -> Result<Option<ReportStatus>> {
+        let versions = self.versions(study_uid)?;
+        if versions.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(if versions.iter().any(|v| v.kind == VersionKind::Addendum) {
+            ReportStatus::Amended
+        } else if versions.iter().any(|v| v.kind == VersionKind::Signed) {
+            ReportStatus::Final
+        } else {
+            ReportStatus::Draft
+        }))
+    }
+
+    /// Study UIDs that have a report, with their status.
+    pub fn reports(&self) -> Result<Vec<(String, ReportStatus)>> {
+        let mut stmt = self.conn.prepare("SELECT study_uid FROM reports ORDER BY id")?;
+        let uids: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<std::result::Result<_, _>>()?;
+        let mut out = Vec::new();
+        for uid in uids {
+            if let Some(s) = self.status(&uid)? {
+                out.push((uid, s));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The signing gate for exports: the signed report (with addenda) — or, only when
+    /// `preliminary` is asked for explicitly, the current draft. Audit what was written with
+    /// [`ReportStore::record_export`].
+    pub fn export_source(&self, study_uid: &str, preliminary: bool) -> Result<ExportSource> {
+        let versions = self.versions(study_uid)?;
+        let signed = versions.iter().find(|v| v.kind == VersionKind::Signed);
+        let addenda: Vec<(String, String, String)> = versions
+            .iter()
+            .filter(|v| v.kind == VersionKind::Addendum)
+            .filter_map(|v| match &v.body {
+                VersionBody::Addendum { text } => Some((
+                    text.clone(),
+                    v.signed_by.clone().unwrap_or_default(),
+                    v.signed_at.clone().unwrap_or_default(),
+                )),
+                VersionBody::Report(_) => None,
+            })
+            .collect();
+        if let Some(v) = signed
+            && let VersionBody::Report(report) = &v.body
+        {
+            return Ok(ExportSource {
+                report: report.clone(),
+                status: if addenda.is_empty() { ReportStatus::Final } else { ReportStatus::Amended },
+                signed_by: v.signed_by.clone(),
+                signed_at: v.signed_at.clone(),
+                addenda,
+            });
+        }
+        if !preliminary {
+            return Err(Error::NotSigned);
+        }
+        match versions.into_iter().find(|v| v.kind == VersionKind::Draft) {
+            Some(ReportVersion { body: VersionBody::Report(report), .. }) => Ok(ExportSource {
+                report,
+                status: ReportStatus::Draft,
+                signed_by: None,
+                signed_at: None,
+                addenda: Vec::new(),
+            }),
+            _ => Err(Error::NotFound { what: "a report to export".into() }),
+        }
+    }
+
+    /// Audits an export (or a send) of `format` whose bytes hash to `sha256`.
+    pub fn record_export(
+        &mut self,
+        user: &str,
+        study_uid: &str,
+        format: &str,
+        status: ReportStatus,
+        sha256: &str,
+        sent: bool,
+    ) -> Result<()> {
+        let action = if sent { AuditAction::Send } else { AuditAction::Export };
+        self.append_audit(
+            user,
+            action,
+            study_uid,
+            &serde_json::json!({ "format": format, "status": status.fhir(), "sha256": sha256 }),
+        )?;
+        Ok(())
+    }
+}
+
+fn decision_detail(finding_id: &str, decision: &FindingDecision) -> serde_json::Value {
+    let (reason, has_comment) = match decision {
+        FindingDecision::Rejected { reason, comment } | FindingDecision::Edited { reason, comment, .. } => {
+            (Some(reason.code()), !comment.is_empty())
+        }
+        _ => (None, false),
+    };
+    // The comment itself is free text (it could name the patient): only whether there is one.
+    serde_json::json!({ "finding": finding_id, "decision": decision.code(), "reason": reason, "comment": has_comment })
+}
+
+fn append_audit_tx(
+    tx: &rusqlite::Transaction<'_>,
+    at: &str,
+    user: &str,
+    action: AuditAction,
+    object: &str,
+    detail: &serde_json::Value,
+) -> Result<AuditEntry> {
+    let (last_id, prev_hash): (i64, String) = tx
+        .query_row("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?
+        .unwrap_or((0, GENESIS_HASH.to_owned()));
+    let mut entry = AuditEntry {
+        id: last_id + 1,
+        at: at.to_owned(),
+        user: user.to_owned(),
+        action: action.code().to_owned(),
+        object: object.to_owned(),
+        detail: detail.to_string(),
+        prev_hash,
+        hash: String::new(),
+    };
+    entry.hash = entry.compute_hash();
+    tx.execute(
+        "INSERT INTO audit (id, at, user, action, object, detail, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![entry.id, entry.at, entry.user, entry.action, entry.object, entry.detail, entry.prev_hash, entry.hash],
+    )?;
+    Ok(entry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::draft::{SectionId, draft};
+    use crate::model::{Lang, ReasonCode, Side, StudyContext, StudyInputs};
+
+    fn inputs() -> StudyInputs {
+        StudyInputs {
+            context: StudyContext { study_uid: "1.2.3".into(), modality: "DX".into(), ..Default::default() },
+            findings: vec![AiFinding {
+                id: "ptx".into(),
+                model_id: "m".into(),
+                model_version: "1.0".into(),
+                label: "pneumothorax".into(),
+                score: 0.9,
+                threshold: 0.5,
+                side: Side::Right,
+                ..Default::default()
+            }],
+            lung_rads: None,
+        }
+    }
+
+    fn store() -> (tempfile::TempDir, ReportStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = ReportStore::open(dir.path()).unwrap();
+        store.add_user("dr.kim", Role::Reader).unwrap();
+        store.add_user("qa.lee", Role::QaLead).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn sign_makes_the_report_immutable_in_code_and_in_sqlite() {
+        let (dir, mut store) = store();
+        let inputs = inputs();
+        store.record_ai_run("dr.kim", "1.2.3", &inputs.findings).unwrap();
+        let mut report = draft(&inputs, &Decisions::new(), Lang::En);
+        store.save_draft("dr.kim", "1.2.3", &report).unwrap();
+        report.set_section_text(SectionId::Impression, "Right pneumothorax, moderate.");
+        store.save_draft("dr.kim", "1.2.3", &report).unwrap();
+        assert_eq!(store.versions("1.2.3").unwrap().len(), 1, "autosave overwrites the draft");
+        assert!(matches!(store.export_source("1.2.3", false), Err(Error::NotSigned)));
+        assert_eq!(store.export_source("1.2.3", true).unwrap().status, ReportStatus::Draft);
+        assert!(matches!(store.sign("qa.lee", "1.2.3"), Err(Error::Forbidden { .. })));
+        let signed = store.sign("dr.kim", "1.2.3").unwrap();
+        assert_eq!(signed.kind, VersionKind::Signed);
+        assert_eq!(signed.signed_by.as_deref(), Some("dr.kim"));
+        // Code path.
+        assert!(matches!(store.save_draft("dr.kim", "1.2.3", &report), Err(Error::Signed)));
+        assert!(matches!(store.sign("dr.kim", "1.2.3"), Err(Error::Signed)));
+        assert!(matches!(store.set_decision("dr.kim", "1.2.3", "ptx", &FindingDecision::Accepted), Err(Error::Signed)));
+        // Trigger path: straight SQL is refused too.
+        let conn = Connection::open(dir.path().join(ReportStore::FILE_NAME)).unwrap();
+        let err = conn.execute("UPDATE versions SET body = 'x' WHERE kind = 'signed'", []).unwrap_err();
+        assert!(err.to_string().contains("immutable"), "{err}");
+        let err = conn.execute("DELETE FROM versions WHERE kind = 'signed'", []).unwrap_err();
+        assert!(err.to_string().contains("cannot be deleted"), "{err}");
+        let err = conn.execute("DELETE FROM audit", []).unwrap_err();
+        assert!(err.to_string().contains("append-only"), "{err}");
+        // A QA review is kept apart and changes no version.
+        let before = store.versions("1.2.3").unwrap();
+        store
+            .add_qa_review(
+                "qa.lee",
+                "1.2.3",
+                "ptx",
+                &FindingDecision::Rejected { reason: ReasonCode::FalsePositive, comment: "skin fold".into() },
+            )
+            .unwrap();
+        assert!(store.add_qa_review("dr.kim", "1.2.3", "ptx", &FindingDecision::Accepted).is_err());
+        assert_eq!(store.versions("1.2.3").unwrap(), before);
+        assert_eq!(store.qa_reviews("1.2.3").unwrap().len(), 1);
+        // Addendum.
+        let add = store.add_addendum("dr.kim", "1.2.3", "Follow-up radiograph recommended.").unwrap();
+        assert_eq!(add.kind, VersionKind::Addendum);
+        assert_eq!(store.status("1.2.3").unwrap(), Some(ReportStatus::Amended));
+        let export = store.export_source("1.2.3", false).unwrap();
+        assert_eq!(export.status, ReportStatus::Amended);
+        assert!(export.report.section_text(SectionId::Impression).contains("moderate"));
+        assert_eq!(export.addenda.len(), 1);
+        assert!(store.verify_audit().unwrap().is_intact());
+        assert_eq!(store.integrity_check().unwrap(), "ok");
+    }
+
+    #[test]
+    fn a_tampered_audit_row_is_found() {
+        let (dir, mut store) = store();
+        store.record_open("dr.kim", "1.2.3").unwrap();
+        store.set_decision("dr.kim", "1.2.3", "ptx", &FindingDecision::Accepted).unwrap();
+        store.record_open("dr.kim", "1.2.4").unwrap();
+        let verdict = store.verify_audit().unwrap();
+        assert!(verdict.is_intact());
+        assert_eq!(verdict.rows, 5);
+        drop(store);
+        // Someone with the file drops the trigger and rewrites history.
+        let conn = Connection::open(dir.path().join(ReportStore::FILE_NAME)).unwrap();
+        conn.execute_batch("DROP TRIGGER audit_no_update; UPDATE audit SET user = 'someone' WHERE id = 4;").unwrap();
+        drop(conn);
+        let store = ReportStore::open(dir.path()).unwrap();
+        let verdict = store.verify_audit().unwrap();
+        assert_eq!(verdict.first_broken.as_ref().map(|b| b.id), Some(4), "{verdict:?}");
+        // A deleted row breaks the next link.
+        drop(store);
+        let conn = Connection::open(dir.path().join(ReportStore::FILE_NAME)).unwrap();
+        conn.execute_batch("DROP TRIGGER audit_no_delete; DELETE FROM audit WHERE id IN (2, 4);").unwrap();
+        drop(conn);
+        let store = ReportStore::open(dir.path()).unwrap();
+        assert_eq!(store.verify_audit().unwrap().first_broken.map(|b| b.id), Some(3));
+    }
+
+    #[test]
+    fn audit_details_carry_no_comment_text() {
+        let (_dir, mut store) = store();
+        store
+            .set_decision(
+                "dr.kim",
+                "1.2.3",
+                "ptx",
+                &FindingDecision::Rejected { reason: ReasonCode::Other, comment: "Hong Gildong's old scar".into() },
+            )
+            .unwrap();
+        let log = store.audit_log().unwrap();
+        assert!(log.iter().all(|e| !e.detail.contains("Gildong")));
+        assert!(log.last().unwrap().detail.contains("\"reason\":\"other\""));
+    }
+}
