@@ -638,8 +638,9 @@ mod validators {
     }
 
     fn python_with_pydicom() -> Option<std::path::PathBuf> {
-        let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/lucent-data/venv/bin/python");
-        for python in [venv, "python3".into()] {
+        // `cargo xtask setup` makes venv-pydicom; the benchmark's venv has pydicom too.
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/lucent-data");
+        for python in [data.join("venv-pydicom/bin/python"), data.join("venv/bin/python"), "python3".into()] {
             let ok = Command::new(&python).args(["-c", "import pydicom"]).output().is_ok_and(|o| o.status.success());
             if ok {
                 return Some(python);

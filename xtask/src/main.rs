@@ -1,7 +1,7 @@
 //! `cargo xtask <task>`: everything a fresh machine needs, in Rust, with no shell scripts.
 //!
-//! * `setup`: system packages (apt), the ONNX Runtime library from the PyPI wheel, and the
-//!   public DICOM test corpora (pydicom-data, pydicom's test files) cached under `target/`.
+//! * `setup`: system packages (apt), the ONNX Runtime library from the PyPI wheel, the public
+//!   DICOM test corpora (pydicom-data, pydicom's test files) and a pydicom venv, under `target/`.
 //! * `demo`: set up, build, and open the workstation on the demo studies (under Xvfb with a
 //!   screenshot when there is no display).
 //! * `test`: set up, then formatting, clippy, the crate-boundary check, and every test.
@@ -210,6 +210,9 @@ fn provision_test_corpora(root: &Path) -> Result<()> {
         ensure!(n > 100, "pydicom wheel held only {n} test files");
         std::fs::write(tests.join(".complete"), PYDICOM_VERSION)?;
     }
+    // pydicom itself, for the tests that check Lucent's DICOM SR reads in pydicom.
+    let wheels = data.join("wheels");
+    python_venv(root, "venv-pydicom", "pydicom", &[format!("pydicom=={PYDICOM_VERSION}")], &[wheels])?;
     Ok(())
 }
 
