@@ -68,7 +68,7 @@ fn harness(store_dir: &Path) -> Harness<'static, LucentApp> {
 /// A snapshot of a window that shows clock times, a free port or a transfer speed: those few words
 /// differ from run to run, so up to 3000 pixels may differ (a changed layout moves far more).
 fn snapshot_with_live_text(h: &mut Harness<'static, LucentApp>, name: &str) {
-    h.snapshot_options(name, &egui_kittest::SnapshotOptions::new().failed_pixel_count_threshold(3000));
+    h.snapshot_options(name, &egui_kittest::SnapshotOptions::new().max_failed_pixels(3000));
 }
 
 /// Steps the UI until `ready` holds (the loader works on its own threads).
