@@ -91,9 +91,9 @@ pub fn write_demo_files(dir: &Path) -> Result<Vec<PathBuf>> {
             false,
         ),
         cxr(
-            "demo-cxr-pneumothorax",
+            "demo-cxr-ptx-e",
             patient("PARK^JIHO=박^지호", "DEMO-004", "M", "19890430", "demo-cxr-pneumothorax", "20260313", "CXR PA"),
-            vec![CxrLesion::pneumothorax(Side::Left, 38.0, 0.85)],
+            vec![CxrLesion::pneumothorax(Side::Right, 35.0, 0.8)],
             false,
         ),
     ];

@@ -463,7 +463,7 @@ impl Anatomy {
             heel: r.range(-0.08, 0.08),
             drc: r.range(0.3, 0.65),
             drc_ref: r.range(2.0, 2.5),
-            detail: r.range(1.0, 1.5),
+            detail: r.range(1.6, 2.4),
             lo: r.range(-0.15, 0.25),
             hi: r.range(3.6, 4.4),
             gamma: r.range(0.9, 1.5),
@@ -482,7 +482,7 @@ impl Anatomy {
         self.heel = r.range(-0.08, 0.08);
         self.drc = r.range(0.3, 0.65);
         self.drc_ref = r.range(2.0, 2.5);
-        self.detail = r.range(1.0, 1.5);
+        self.detail = r.range(1.6, 2.4);
         self.lo = r.range(-0.15, 0.25);
         self.hi = r.range(3.6, 4.4);
         self.gamma = r.range(0.9, 1.5);
@@ -830,8 +830,18 @@ impl TubeLayer {
 
     /// Draws a polyline (anatomy coordinates) with radii per point as one object, scaled by `gain`.
     fn polyline(&mut self, grid: &Grid, points: &[[f64; 2]], radii: &[f64], kind: TubeKind, gain: f64) {
+        let id = self.new_object();
+        self.polyline_in(grid, id, points, radii, kind, gain);
+    }
+
+    /// A new object id: polylines drawn with the same id take their maximum, not their sum.
+    fn new_object(&mut self) -> u32 {
         self.next_id += 1;
-        let id = self.next_id;
+        self.next_id
+    }
+
+    /// Draws a polyline as part of object `id`.
+    fn polyline_in(&mut self, grid: &Grid, id: u32, points: &[[f64; 2]], radii: &[f64], kind: TubeKind, gain: f64) {
         let blur = 0.5 * grid.s;
         for k in 1..points.len().min(radii.len()) {
             let (a, b) = (grid.to_image(points[k - 1]), grid.to_image(points[k]));
@@ -963,6 +973,8 @@ fn draw_vessels(anatomy: &Anatomy, grid: &Grid, vessels: &mut TubeLayer, r: &mut
         angle: f64,
         diameter: f64,
         depth: u32,
+        /// One object per tree: branches meet without summing into a bright dot.
+        tree: u32,
     }
     for s in 0..2 {
         let sign = if s == 0 { -1.0 } else { 1.0 };
@@ -977,7 +989,8 @@ fn draw_vessels(anatomy: &Anatomy, grid: &Grid, vessels: &mut TubeLayer, r: &mut
             let dir = if s == 0 { std::f64::consts::PI - a } else { a };
             // Trunks leave the hilum a little apart (their common origin would sum into a dot).
             let start = [hilum[0] + dir.cos() * 6.0, hilum[1] + dir.sin() * 6.0];
-            stack.push(Branch { p: start, angle: dir, diameter: diameter * r.range(0.85, 1.1), depth: 0 });
+            let tree = vessels.new_object();
+            stack.push(Branch { p: start, angle: dir, diameter: diameter * r.range(0.85, 1.1), depth: 0, tree });
         }
         let mut drawn = 0;
         while let Some(b) = stack.pop() {
@@ -1004,7 +1017,7 @@ fn draw_vessels(anatomy: &Anatomy, grid: &Grid, vessels: &mut TubeLayer, r: &mut
             }
             if pts.len() >= 2 {
                 // Vessels fade towards the periphery: fainter as they thin.
-                vessels.polyline(grid, &pts, &radii, TubeKind::Solid, 1.0);
+                vessels.polyline_in(grid, b.tree, &pts, &radii, TubeKind::Solid, 1.0);
                 drawn += 1;
             }
             if !alive || b.diameter < 0.9 || b.depth > 9 {
@@ -1015,7 +1028,13 @@ fn draw_vessels(anatomy: &Anatomy, grid: &Grid, vessels: &mut TubeLayer, r: &mut
             for (da, frac) in
                 [(-spread * (1.0 - share), 0.72 + 0.2 * share), (spread * share, 0.72 + 0.2 * (1.0 - share))]
             {
-                stack.push(Branch { p, angle: angle + da, diameter: b.diameter * frac * 0.95, depth: b.depth + 1 });
+                stack.push(Branch {
+                    p,
+                    angle: angle + da,
+                    diameter: b.diameter * frac * 0.95,
+                    depth: b.depth + 1,
+                    tree: b.tree,
+                });
             }
         }
     }
@@ -1165,7 +1184,7 @@ pub fn render_chest(
                             let re = radius * (1.0 + lobe_amp * (lobes * theta + phase).sin());
                             let d = d2.sqrt();
                             if d < re {
-                                extra += density * 2.0 * (re * re - d2).sqrt();
+                                extra += 1.3 * density * 2.0 * (re * re - d2).sqrt();
                                 if in_lung {
                                     hits.push(k);
                                 }
