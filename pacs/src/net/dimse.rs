@@ -287,6 +287,22 @@ pub(crate) struct Context {
     pub transfer_syntax: String,
 }
 
+impl Context {
+    /// The accepted presentation contexts of a negotiated association (either side), with the
+    /// UIDs' padding removed.
+    pub(crate) fn accepted(negotiated: &[dicom_ul::pdu::PresentationContextNegotiated]) -> Vec<Context> {
+        negotiated
+            .iter()
+            .filter(|c| c.reason == PresentationContextResultReason::Acceptance)
+            .map(|c| Context {
+                id: c.id,
+                abstract_syntax: c.abstract_syntax.trim_end_matches('\0').to_owned(),
+                transfer_syntax: c.transfer_syntax.trim_end_matches('\0').to_owned(),
+            })
+            .collect()
+    }
+}
+
 /// One presentation data value header.
 #[derive(Debug, Clone, Copy)]
 enum Pdv {
@@ -880,16 +896,7 @@ pub(crate) fn connect<'a>(
     let mut association = options
         .establish((node.host.as_str(), node.port))
         .map_err(|e| ul_error(e, &peer, node.dimse_timeout(), "negotiating the association"))?;
-    let contexts = association
-        .presentation_contexts()
-        .iter()
-        .filter(|c| c.reason == PresentationContextResultReason::Acceptance)
-        .map(|c| Context {
-            id: c.id,
-            abstract_syntax: c.abstract_syntax.trim_end_matches('\0').to_owned(),
-            transfer_syntax: c.transfer_syntax.trim_end_matches('\0').to_owned(),
-        })
-        .collect();
+    let contexts = Context::accepted(association.presentation_contexts());
     let peer_max_pdu = association.acceptor_max_pdu_length();
     let stream =
         association.inner_stream().try_clone().map_err(|e| io_error(&peer, node.dimse_timeout(), e, "connecting"))?;

@@ -22,7 +22,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, SendTimeoutError, Sender, bounded};
 use dicom_ul::association::server::{AccessControl, ServerAssociationOptions};
 use dicom_ul::association::{Association as _, SyncAssociation as _};
-use dicom_ul::pdu::{AssociationRJServiceUserReason, PresentationContextResultReason, UserIdentity};
+use dicom_ul::pdu::{AssociationRJServiceUserReason, UserIdentity};
 use serde::{Deserialize, Serialize};
 
 use super::dimse::{
@@ -340,16 +340,7 @@ fn serve(stream: TcpStream, config: &ScpConfig, root: &Path, events: &Sender<Scp
     };
     let calling_ae = association.peer_ae_title().trim().to_owned();
     let peer = format!("{calling_ae}@{address}");
-    let contexts: Vec<Context> = association
-        .presentation_contexts()
-        .iter()
-        .filter(|c| c.reason == PresentationContextResultReason::Acceptance)
-        .map(|c| Context {
-            id: c.id,
-            abstract_syntax: c.abstract_syntax.trim_end_matches('\0').to_owned(),
-            transfer_syntax: c.transfer_syntax.trim_end_matches('\0').to_owned(),
-        })
-        .collect();
+    let contexts = Context::accepted(association.presentation_contexts());
     let peer_max_pdu = association.requestor_max_pdu_length();
     let link = association
         .inner_stream()
