@@ -102,6 +102,9 @@ pub enum Command {
     SynthCxr(crate::synth_cli::SynthCxrArgs),
     /// Score many radiographs (DICOM or PNG) with one CXR model through Lucent's pipeline, as CSV.
     ScoreCxr(crate::synth_cli::ScoreCxrArgs),
+    /// Evaluate models on a labelled folder: per-finding AUROC (95% bootstrap CI), sensitivity,
+    /// specificity and PPV at the manifest threshold, the threshold for a sensitivity, FROC for CT nodules.
+    Eval(crate::eval_cli::EvalArgs),
     /// Talk to PACS nodes (DIMSE): echo, find, get, move, store, and the saved nodes.
     Pacs(crate::pacs_cli::PacsArgs),
     /// Run Lucent's Store SCP (receives C-STORE pushes into the store) until interrupted.
@@ -366,6 +369,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Some(Command::SynthCxr(args)) => crate::synth_cli::synth_cxr(&args),
         Some(Command::ScoreCxr(args)) => crate::synth_cli::score_cxr(&args),
+        Some(Command::Eval(args)) => crate::eval_cli::run(&args),
         Some(Command::Pacs(args)) => crate::pacs_cli::run_pacs(&args, &store_dir),
         Some(Command::Scp(args)) => crate::pacs_cli::run_scp(&args, &store_dir),
         Some(Command::Audit(command)) => crate::report_cli::audit(&command, &store_dir),

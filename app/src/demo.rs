@@ -1,5 +1,7 @@
 //! The bundled demo: synthetic studies Lucent generates itself (no binary blobs in git), with
-//! invented Korean and English patients, imported into a demo store of their own.
+//! invented Korean and English patients, imported into a demo store of their own; plus, when
+//! `cargo xtask setup` has fetched them, two real, openly licensed, de-identified images (see
+//! [`real_demo_files`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -37,6 +39,22 @@ fn cxr(seed: &str, p: PatientSpec, lesions: Vec<CxrLesion>, monochrome1: bool) -
         description: "Chest PA".into(),
         ..RadiographSpec::chest_detector(seed)
     }
+}
+
+/// Real images added to the demo when present: pydicom-data's chest radiograph RG1 (CR,
+/// MONOCHROME1, MIT licence) and pydicom's real CT slice `CT_small.dcm` (MIT), both de-identified
+/// test files. They live in `$LUCENT_DEMO_REAL_DATA`, else where `cargo xtask setup` puts them
+/// (`target/lucent-data/` in the repository); missing ones are left out.
+pub fn real_demo_files() -> Vec<PathBuf> {
+    let base = std::env::var_os("LUCENT_DEMO_REAL_DATA")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/lucent-data"));
+    ["pydicom-data/RG1_UNCI.dcm", "pydicom-test-files/CT_small.dcm"]
+        .iter()
+        .map(|rel| base.join(rel))
+        .filter(|p| p.is_file())
+        .collect()
 }
 
 /// Writes the demo DICOM files under `dir` and returns them.
@@ -131,7 +149,10 @@ pub fn write_demo_files(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Makes sure the demo store exists and is current; returns its directory.
 pub fn ensure_demo_store(store_dir: &Path, progress: &(dyn Fn(&str) + Sync)) -> Result<PathBuf> {
     let marker = store_dir.join("demo-version");
-    if std::fs::read_to_string(&marker).is_ok_and(|v| v.trim() == DEMO_VERSION) {
+    let real = real_demo_files();
+    // The real files count in the version: a later setup that fetched them rebuilds the store.
+    let version = format!("{DEMO_VERSION}+{}", real.len());
+    if std::fs::read_to_string(&marker).is_ok_and(|v| v.trim() == version) {
         return Ok(store_dir.to_path_buf());
     }
     if store_dir.exists() {
@@ -143,13 +164,14 @@ pub fn ensure_demo_store(store_dir: &Path, progress: &(dyn Fn(&str) + Sync)) -> 
     if source.exists() {
         std::fs::remove_dir_all(&source).ok();
     }
-    let files = write_demo_files(&source)?;
+    let mut files = write_demo_files(&source)?;
+    files.extend(real);
     progress("importing demo studies");
     let mut store = Store::open(store_dir)?;
     let cancel = AtomicBool::new(false);
     let summary = pacs::import::import_paths(&mut store, &files, &Default::default(), &|_| {}, &cancel)?;
     anyhow::ensure!(summary.skipped.is_empty(), "demo import skipped {} file(s)", summary.skipped.len());
     std::fs::remove_dir_all(&source).ok();
-    std::fs::write(&marker, DEMO_VERSION).with_context(|| format!("writing {}", marker.display()))?;
+    std::fs::write(&marker, &version).with_context(|| format!("writing {}", marker.display()))?;
     Ok(store_dir.to_path_buf())
 }

@@ -7,6 +7,8 @@
 //! * [`cli`]: the headless verbs (`import`, `info`, `ls`, `models`, `read`, `demo`, `verify`), over the same library code as the GUI.
 //! * [`config`]: where the store and user data live.
 //! * [`demo`]: the bundled demo studies, generated deterministically by Lucent itself.
+//! * [`eval_cli`] / [`eval_plot`]: `lucent eval` (AUROC with bootstrap intervals, operating points, FROC
+//!   over a labelled folder) and its ROC / FROC plot; the GUI's evaluation window uses the same code.
 //! * [`synth_cli`]: `synth-cxr` (CXR training data from the demo's generator) and `score-cxr`.
 //! * [`reporting`]: reading results to `report` inputs (sides, lobes, key images) and the exports (PDF, SR, FHIR).
 //! * [`report_cli`]: `read --report/--sr/--fhir/--lang`, `audit verify`, `report list|show|sign|addendum|add-user|stats`.
@@ -16,9 +18,12 @@ pub mod ai;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod eval_cli;
+pub mod eval_plot;
 pub mod gui;
 pub mod info;
 pub mod pacs_cli;
+pub mod qa_export;
 pub mod report_cli;
 pub mod reporting;
 pub mod synth_cli;

@@ -3,7 +3,8 @@
 //!
 //! A peer is either a saved node (`--node NAME`, from the node book, see
 //! [`crate::config::node_book_path`]) or given inline (`--host H --port P --aet CALLED
-//! [--our-aet CALLING]`).
+//! [--our-aet CALLING]`), either with `--tls [--tls-ca FILE] [--tls-cert FILE --tls-key FILE]`
+//! for DICOM TLS.
 
 use std::io::IsTerminal;
 use std::net::IpAddr;
@@ -26,8 +27,9 @@ pub const DEFAULT_OUR_AET: &str = "LUCENT";
 /// Arguments of `lucent pacs`.
 #[derive(Debug, clap::Args)]
 pub struct PacsArgs {
+    /// Boxed: the peer and TLS arguments make the commands large beside the CLI's other verbs.
     #[command(subcommand)]
-    pub command: PacsCommand,
+    pub command: Box<PacsCommand>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -76,6 +78,12 @@ pub enum PacsCommand {
         /// Port of the Store SCP started for the move.
         #[arg(long, default_value_t = 11112)]
         scp_port: u16,
+        /// The Store SCP speaks DICOM TLS with this certificate chain (PEM; needs --scp-tls-key).
+        #[arg(long, value_name = "FILE", requires = "scp_tls_key")]
+        scp_tls_cert: Option<PathBuf>,
+        /// The private key (PEM) of --scp-tls-cert.
+        #[arg(long, value_name = "FILE", requires = "scp_tls_cert")]
+        scp_tls_key: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -116,9 +124,8 @@ pub enum NodeCommand {
         /// Seconds the node may stay silent during an exchange.
         #[arg(long, default_value_t = net::node::DEFAULT_DIMSE_TIMEOUT_S)]
         timeout: f64,
-        /// DICOM over TLS (recorded; this build refuses TLS nodes).
-        #[arg(long)]
-        tls: bool,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// List the saved nodes.
     List {
@@ -148,6 +155,44 @@ pub struct PeerArgs {
     /// Seconds the peer may stay silent (default: the node's, else 30).
     #[arg(long)]
     pub timeout: Option<f64>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// DICOM TLS towards a peer (for a saved node: added to what it has).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsArgs {
+    /// DICOM over TLS; the peer's certificate is always verified (Mozilla's roots and --tls-ca),
+    /// for the host name given.
+    #[arg(long)]
+    pub tls: bool,
+    /// Extra trusted CA certificates (PEM), e.g. the hospital's CA. Implies --tls.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Our client certificate chain (PEM) for peers that require mutual TLS. Implies --tls;
+    /// needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// Turns TLS on in `node` when asked, with the files made absolute (a saved node must not
+    /// depend on the directory it was added from).
+    fn apply(&self, node: &mut PacsNode) -> Result<()> {
+        let absolute = |p: &PathBuf| std::path::absolute(p).with_context(|| format!("cannot resolve {}", p.display()));
+        if let Some(ca) = &self.tls_ca {
+            node.tls_ca_file = Some(absolute(ca)?);
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            node.tls_cert_file = Some(absolute(cert)?);
+            node.tls_key_file = Some(absolute(key)?);
+        }
+        node.tls |= self.tls || self.tls_ca.is_some() || self.tls_cert.is_some();
+        Ok(())
+    }
 }
 
 /// Query keys shared by find, get and move.
@@ -218,12 +263,13 @@ pub fn resolve_peer(peer: &PeerArgs) -> Result<PacsNode> {
     if let Some(timeout) = peer.timeout {
         node.dimse_timeout_s = timeout;
     }
+    peer.tls.apply(&mut node)?;
     node.validate()?;
     Ok(node)
 }
 
 pub fn run_pacs(args: &PacsArgs, store_dir: &Path) -> Result<()> {
-    match &args.command {
+    match args.command.as_ref() {
         PacsCommand::Echo { peer, json } => {
             let node = resolve_peer(peer)?;
             let verdict = net::echo(&node);
@@ -307,12 +353,16 @@ pub fn run_pacs(args: &PacsArgs, store_dir: &Path) -> Result<()> {
             })?;
             finish(&reports, *json)
         }
-        PacsCommand::Move { peer, keys, dest_aet, scp_port, json } => {
+        PacsCommand::Move { peer, keys, dest_aet, scp_port, scp_tls_cert, scp_tls_key, json } => {
             let node = resolve_peer(peer)?;
             let destination = dest_aet.clone().unwrap_or_else(|| node.our_ae_title.clone());
             let mut store = open_store(store_dir)?;
             let requests = targets(&node, keys)?;
-            let config = ScpConfig::new(&destination, *scp_port);
+            let config = ScpConfig {
+                tls_cert_file: scp_tls_cert.clone(),
+                tls_key_file: scp_tls_key.clone(),
+                ..ScpConfig::new(&destination, *scp_port)
+            };
             let (scp, _events) = net::start_scp(&config, store_dir)
                 .with_context(|| format!("starting the Store SCP on port {scp_port}"))?;
             let reports = retrieve_all(&requests, *json, |request, progress, cancel| {
@@ -547,12 +597,12 @@ fn run_node(command: &NodeCommand) -> Result<()> {
     let mut book = NodeBook::load(&path)?;
     match command {
         NodeCommand::Add { name, host, port, aet, our_aet, connect_timeout, timeout, tls } => {
-            let node = PacsNode {
+            let mut node = PacsNode {
                 connect_timeout_s: *connect_timeout,
                 dimse_timeout_s: *timeout,
-                tls: *tls,
                 ..PacsNode::new(name, aet, host, *port, our_aet)
             };
+            tls.apply(&mut node)?;
             book.upsert(node)?;
             book.save(&path)?;
             println!("Saved node {name:?} in {}", path.display());
@@ -601,6 +651,15 @@ pub struct ScpArgs {
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0")]
     pub bind: IpAddr,
+    /// Speak DICOM TLS (only) with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// With TLS: require client certificates issued by these CA certificates (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Print events as JSON lines.
     #[arg(long)]
     pub json: bool,
@@ -611,12 +670,16 @@ pub fn run_scp(args: &ScpArgs, store_dir: &Path) -> Result<()> {
     let mut config = ScpConfig::new(&args.aet, args.port);
     config.bind_address = args.bind;
     config.allowed_calling_aes = args.allow.iter().map(|a| a.trim().to_owned()).filter(|a| !a.is_empty()).collect();
+    config.tls_cert_file = args.tls_cert.clone();
+    config.tls_key_file = args.tls_key.clone();
+    config.tls_client_ca_file = args.tls_client_ca.clone();
     let (scp, events) = net::start_scp(&config, store_dir)
         .with_context(|| format!("starting the Store SCP on {}:{}", args.bind, args.port))?;
     eprintln!(
-        "Store SCP {} listening on {} into {} (calling AEs: {}); Ctrl-C to stop",
+        "Store SCP {} listening on {}{} into {} (calling AEs: {}); Ctrl-C to stop",
         args.aet,
         scp.local_addr(),
+        if config.tls() { " (DICOM TLS)" } else { "" },
         store_dir.display(),
         if config.allowed_calling_aes.is_empty() { "any".to_owned() } else { config.allowed_calling_aes.join(",") }
     );

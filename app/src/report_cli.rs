@@ -1,6 +1,6 @@
 //! The report verbs of the `lucent` command line: the export flags of `lucent read`
 //! (`--report`, `--sr`, `--fhir`, `--lang`), `lucent audit verify`, and `lucent report ...`
-//! (list, show, edit, sign, export, addendum, add-user, stats). The report store is `reports.sqlite` in the
+//! (list, show, edit, sign, export, addendum, add-user, stats, qa-export). The report store is `reports.sqlite` in the
 //! study store folder (`--store`). Nothing printed or logged here names a patient.
 
 use std::io::Write as _;
@@ -83,6 +83,9 @@ pub enum ReportCommand {
         sr: Option<PathBuf>,
         #[arg(long, value_name = "OUT.json")]
         fhir: Option<PathBuf>,
+        /// The PDF as a DICOM Encapsulated PDF in the study, for a PACS.
+        #[arg(long, value_name = "OUT.dcm")]
+        pdf_dicom: Option<PathBuf>,
         #[arg(long)]
         preliminary: bool,
         #[arg(long)]
@@ -110,6 +113,15 @@ pub enum ReportCommand {
         #[arg(long, value_name = "OUT.csv")]
         histogram: Option<PathBuf>,
     },
+    /// Export the QA reviewers' marks for retraining into DIR: one DICOM Comprehensive SR per
+    /// reviewed study (TID 1500; boxes as image regions; decision, reason, reviewer) and
+    /// `marks.jsonl` (the same without patient data or free text). Needs a QA lead profile.
+    QaExport {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        #[arg(long)]
+        user: String,
+    },
     /// Test helper: sign a report for --signed-study, then autosave drafts of --study in a loop,
     /// printing "saved N" after each commit (the crash test SIGKILLs it).
     #[command(hide = true)]
@@ -133,7 +145,7 @@ fn user_name(explicit: Option<&str>) -> String {
 /// After `lucent read`: draft each study's report, keep the draft in the report store (unless the
 /// study's report is already signed), write the preliminary exports and audit everything.
 pub fn after_read(path: &Path, reading: &crate::ai::ReadReport, args: &ReadExportArgs, store_dir: &Path) -> Result<()> {
-    let paths = ExportPaths { pdf: args.report.clone(), sr: args.sr.clone(), fhir: args.fhir.clone() };
+    let paths = ExportPaths { pdf: args.report.clone(), sr: args.sr.clone(), fhir: args.fhir.clone(), pdf_dicom: None };
     if !paths.any() {
         return Ok(());
     }
@@ -236,10 +248,11 @@ pub fn run(command: &ReportCommand, store_dir: &Path) -> Result<()> {
             }
             println!("draft saved");
         }
-        ReportCommand::Export { study_uid, from, pdf, sr, fhir, preliminary, user } => {
+        ReportCommand::Export { study_uid, from, pdf, sr, fhir, pdf_dicom, preliminary, user } => {
             let user = user_name(user.as_deref());
-            let paths = ExportPaths { pdf: pdf.clone(), sr: sr.clone(), fhir: fhir.clone() };
-            anyhow::ensure!(paths.any(), "nothing to export: give --pdf, --sr and/or --fhir");
+            let paths =
+                ExportPaths { pdf: pdf.clone(), sr: sr.clone(), fhir: fhir.clone(), pdf_dicom: pdf_dicom.clone() };
+            anyhow::ensure!(paths.any(), "nothing to export: give --pdf, --sr, --fhir and/or --pdf-dicom");
             let source = store.export_source(study_uid, *preliminary)?;
             let empty = crate::ai::ReadReport { disclaimer: crate::ai::DISCLAIMER, series: Vec::new() };
             let mut bundle = reporting::bundles(from, &empty)?
@@ -274,6 +287,26 @@ pub fn run(command: &ReportCommand, store_dir: &Path) -> Result<()> {
             if let Some(out) = histogram {
                 std::fs::write(out, report::stats::histogram_csv(&stats))
                     .with_context(|| format!("writing {}", out.display()))?;
+            }
+        }
+        ReportCommand::QaExport { out, user } => {
+            let now = report::time::now_rfc3339();
+            let s = crate::qa_export::export_qa_marks(&mut store, store_dir, out, user, &now)?;
+            println!(
+                "{} mark(s) from {} study(ies): {} accepted, {} rejected, {} corrected; {} SR file(s); {}",
+                s.marks,
+                s.studies,
+                s.accepted,
+                s.rejected,
+                s.corrected,
+                s.sr_files.len(),
+                s.jsonl.display()
+            );
+            if s.studies_without_images > 0 {
+                println!(
+                    "{} study(ies) have no images in the local store: their marks are in the JSONL only",
+                    s.studies_without_images
+                );
             }
         }
         ReportCommand::AutosaveStress { study, signed_study, user } => {

@@ -18,8 +18,8 @@ use anyhow::{Context, Result};
 use pacs::InstanceInfo;
 use pacs::sr::{SrCode, SrCompletion, SrDocument, SrFindingGroup, SrImageRef, SrMeasurement, SrStudy, SrTextSection};
 use report::model::{
-    AiFinding, BoxGeometry, Decisions, ImageRef, Lang, Lobe, LungRadsInput, NoduleMeasurements, NoduleType, ReportKind,
-    SeriesRef, Side, StudyContext, StudyInputs, effective_findings,
+    AiFinding, BoxGeometry, Decisions, ImageRef, Lang, Lobe, LungRadsInput, NoduleMeasurements, NoduleType, SeriesRef,
+    Side, StudyContext, StudyInputs, effective_findings,
 };
 use report::pdf::KeyImage;
 use report::{Report, ReportStatus};
@@ -340,7 +340,9 @@ fn finding_code(label: &str) -> SrCode {
     };
     match known {
         Some((code, meaning)) => SrCode::new(code, "SCT", meaning),
-        None => SrCode::new(&key.chars().take(16).collect::<String>(), "99LUCENT", &label.replace('_', " ")),
+        None => {
+            SrCode::new(&key.chars().take(16).collect::<String>(), pacs::sr::LUCENT_SCHEME, &label.replace('_', " "))
+        }
     }
 }
 
@@ -350,6 +352,42 @@ fn laterality(side: Side) -> Option<SrCode> {
         Side::Left => Some(SrCode::new("7771000", "SCT", "Left")),
         Side::Bilateral => Some(SrCode::new("51440002", "SCT", "Right and left")),
         Side::Unknown => None,
+    }
+}
+
+/// The SR measurement group of the `index`-th finding described (0-based): the finding, its
+/// site or side, the nodule measurements, the image it was seen on and the algorithm.
+pub fn sr_group(study_uid: &str, index: usize, f: &AiFinding) -> SrFindingGroup {
+    let mut measurements = Vec::new();
+    if let Some(n) = &f.nodule {
+        measurements.push(SrMeasurement::long_axis_mm(n.long_axis_mm));
+        measurements.push(SrMeasurement::short_axis_mm(n.short_axis_mm));
+        measurements.push(SrMeasurement::diameter_mm(n.mean_diameter_mm));
+        measurements.push(SrMeasurement::volume_mm3(n.volume_mm3));
+        if let Some(hu) = n.mean_hu {
+            measurements.push(SrMeasurement::mean_attenuation_hu(hu));
+        }
+    }
+    SrFindingGroup {
+        tracking_id: format!("{} {}", f.label.replace('_', " "), index + 1),
+        tracking_uid: pacs::synth::uid(&format!("tracking:{study_uid}:{}", f.id)),
+        finding: finding_code(&f.label),
+        finding_site: f.lobe.map(|l| {
+            let (code, meaning) = l.snomed();
+            SrCode::new(code, "SCT", meaning)
+        }),
+        laterality: if f.lobe.is_some() { None } else { laterality(f.effective_side()) },
+        measurements,
+        image: f.image.as_ref().map(|r| SrImageRef {
+            series_uid: r.series_uid.clone(),
+            sop_class_uid: r.sop_class_uid.clone(),
+            sop_instance_uid: r.sop_instance_uid.clone(),
+            frame: r.frame,
+        }),
+        region_px: None,
+        review: None,
+        algorithm_name: f.model_id.clone(),
+        algorithm_version: f.model_version.clone(),
     }
 }
 
@@ -373,45 +411,10 @@ pub fn sr_document(
         .first()
         .map(|f| (f.model_id.clone(), f.model_version.clone()))
         .unwrap_or_else(|| ("Lucent".to_owned(), env!("CARGO_PKG_VERSION").to_owned()));
-    let groups = described
-        .iter()
-        .enumerate()
-        .map(|(i, f)| {
-            let mut measurements = Vec::new();
-            if let Some(n) = &f.nodule {
-                measurements.push(SrMeasurement::long_axis_mm(n.long_axis_mm));
-                measurements.push(SrMeasurement::short_axis_mm(n.short_axis_mm));
-                measurements.push(SrMeasurement::diameter_mm(n.mean_diameter_mm));
-                measurements.push(SrMeasurement::volume_mm3(n.volume_mm3));
-                if let Some(hu) = n.mean_hu {
-                    measurements.push(SrMeasurement::mean_attenuation_hu(hu));
-                }
-            }
-            SrFindingGroup {
-                tracking_id: format!("{} {}", f.label.replace('_', " "), i + 1),
-                tracking_uid: pacs::synth::uid(&format!("tracking:{}:{}", bundle.inputs.context.study_uid, f.id)),
-                finding: finding_code(&f.label),
-                finding_site: f.lobe.map(|l| {
-                    let (code, meaning) = l.snomed();
-                    SrCode::new(code, "SCT", meaning)
-                }),
-                laterality: if f.lobe.is_some() { None } else { laterality(f.effective_side()) },
-                measurements,
-                image: f.image.as_ref().map(|r| SrImageRef {
-                    series_uid: r.series_uid.clone(),
-                    sop_class_uid: r.sop_class_uid.clone(),
-                    sop_instance_uid: r.sop_instance_uid.clone(),
-                    frame: r.frame,
-                }),
-                algorithm_name: f.model_id.clone(),
-                algorithm_version: f.model_version.clone(),
-            }
-        })
-        .collect();
-    let procedure = match report.kind {
-        ReportKind::Cxr => SrCode::new("36643-5", "LN", "XR Chest 2 Views"),
-        ReportKind::Ldct => SrCode::new("24627-2", "LN", "CT Chest"),
-    };
+    let study_uid = &bundle.inputs.context.study_uid;
+    let groups = described.iter().enumerate().map(|(i, f)| sr_group(study_uid, i, f)).collect();
+    let (loinc, loinc_display) = report.kind.loinc();
+    let procedure = SrCode::new(loinc, "LN", loinc_display);
     let completion = match (status, signed_by) {
         (ReportStatus::Final | ReportStatus::Amended, Some(by)) => SrCompletion::Verified {
             observer_name: by.to_owned(),
@@ -456,11 +459,13 @@ pub struct ExportPaths {
     pub pdf: Option<PathBuf>,
     pub sr: Option<PathBuf>,
     pub fhir: Option<PathBuf>,
+    /// The PDF as a DICOM Encapsulated PDF in the study (for sending to a PACS).
+    pub pdf_dicom: Option<PathBuf>,
 }
 
 impl ExportPaths {
     pub fn any(&self) -> bool {
-        self.pdf.is_some() || self.sr.is_some() || self.fhir.is_some()
+        self.pdf.is_some() || self.sr.is_some() || self.fhir.is_some() || self.pdf_dicom.is_some()
     }
 }
 
@@ -511,7 +516,7 @@ pub fn write_exports(
     let report = &source.report;
     let when = source.signed_at.as_deref().unwrap_or(now);
     let mut written = Vec::new();
-    if let Some(pdf) = &paths.pdf {
+    if paths.pdf.is_some() || paths.pdf_dicom.is_some() {
         let keys: Vec<KeyImage> = bundle.key_images.iter().map(|(_, k)| k.clone()).collect();
         let bytes = report::pdf::render(&report::pdf::PdfInput {
             context: &bundle.inputs.context,
@@ -524,9 +529,27 @@ pub fn write_exports(
             key_images: &keys,
             created: when,
         })?;
-        let out = numbered(pdf, index);
-        std::fs::write(&out, &bytes).with_context(|| format!("writing {}", out.display()))?;
-        written.push(("pdf", sha(&bytes)));
+        if let Some(pdf) = &paths.pdf {
+            let out = numbered(pdf, index);
+            std::fs::write(&out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+            written.push(("pdf", sha(&bytes)));
+        }
+        if let Some(pdf_dicom) = &paths.pdf_dicom {
+            let out = numbered(pdf_dicom, index);
+            let preliminary = source.status == ReportStatus::Draft;
+            let title = if preliminary { "Lucent AI report (PRELIMINARY)" } else { "Lucent AI report" };
+            let meta = pacs::sr::EncapsulatedPdf {
+                study: bundle.sr_study.clone(),
+                document_title: title.to_owned(),
+                content_datetime: dicom_datetime(when),
+                series_number: 992,
+                series_description: format!("{title} (PDF)"),
+                uid_seed: format!("lucent-report-pdf:{}:{}", report.kind.code(), report.lang.code()),
+            };
+            pacs::sr::write_encapsulated_pdf(&bytes, &meta, &out)?;
+            let file = std::fs::read(&out).with_context(|| format!("reading {}", out.display()))?;
+            written.push(("pdf_dicom", sha(&file)));
+        }
     }
     if let Some(sr) = &paths.sr {
         let out = numbered(sr, index);

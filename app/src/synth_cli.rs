@@ -196,7 +196,7 @@ fn collect_files(paths: &[PathBuf]) -> Vec<PathBuf> {
     files
 }
 
-fn is_png(path: &Path) -> bool {
+pub fn is_png(path: &Path) -> bool {
     path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("png"))
 }
 
@@ -216,6 +216,19 @@ pub fn png_grey_image(path: &Path, bits_stored_16: u8) -> Result<GreyImage> {
         },
         other => GreyImage::from_u8(width, height, other.to_luma8().as_raw()),
     })
+}
+
+/// A radiograph file (PNG, else DICOM) as the CXR pipeline's input; `png_bits_stored` is the Bits
+/// Stored of 16-bit PNGs. Shared by `lucent score-cxr` and `lucent eval`.
+pub fn read_grey(path: &Path, png_bits_stored: u8) -> Result<GreyImage> {
+    if is_png(path) {
+        png_grey_image(path, png_bits_stored)
+    } else {
+        pacs::file::load_image(path, 0)
+            .map_err(anyhow::Error::from)
+            .and_then(|im| crate::ai::grey_image(&im))
+            .with_context(|| format!("reading {}", path.display()))
+    }
 }
 
 /// `lucent score-cxr`.
@@ -253,15 +266,7 @@ pub fn score_cxr(args: &ScoreCxrArgs) -> Result<()> {
         let mut images = Vec::with_capacity(chunk.len());
         let mut names = Vec::with_capacity(chunk.len());
         for path in chunk {
-            let image = if is_png(path) {
-                png_grey_image(path, args.png_bits_stored)
-            } else {
-                pacs::file::load_image(path, 0)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|im| crate::ai::grey_image(&im))
-                    .with_context(|| format!("reading {}", path.display()))
-            };
-            match image {
+            match read_grey(path, args.png_bits_stored) {
                 Ok(im) => {
                     images.push(im);
                     names.push(path.display().to_string());

@@ -77,14 +77,21 @@ fn check_exports(out: &Path, expected_loinc: &str) {
     assert_eq!(flag(dicom_dictionary_std::tags::COMPLETION_FLAG), "PARTIAL");
     assert_eq!(flag(dicom_dictionary_std::tags::VERIFICATION_FLAG), "UNVERIFIED");
     if tool("dsrdump") {
-        let o = Command::new("dsrdump").arg(out.join("report.dcm")).output().unwrap();
-        let complaints: Vec<String> = String::from_utf8_lossy(&o.stderr)
-            .lines()
-            .filter(|l| !l.contains("VR checker does not support this Specific Character Set"))
-            .map(str::to_owned)
-            .collect();
-        assert!(o.status.success() && complaints.is_empty(), "dsrdump: {complaints:?}");
+        dsrdump(&out.join("report.dcm"));
     }
+}
+
+/// `dsrdump +Pu` of an SR (referenced SOP Instance UIDs printed), asserting that DCMTK has no
+/// complaint (its VR checker cannot check UTF-8 values and says so: that line is not one).
+fn dsrdump(path: &Path) -> String {
+    let o = Command::new("dsrdump").arg("+Pu").arg(path).output().unwrap();
+    let complaints: Vec<String> = String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .filter(|l| !l.contains("VR checker does not support this Specific Character Set"))
+        .map(str::to_owned)
+        .collect();
+    assert!(o.status.success() && complaints.is_empty(), "dsrdump: {complaints:?}");
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 #[test]
@@ -111,7 +118,7 @@ fn read_writes_preliminary_pdf_sr_and_fhir_for_a_cxr_and_a_ct_and_logs_no_patien
     synth::write_ct_series(&src.path().join("ct"), &ct).unwrap();
     let store = tempfile::tempdir().unwrap();
 
-    for (input, lang, loinc) in [(cxr.clone(), "en", "36643-5"), (src.path().join("ct"), "ko", "24627-2")] {
+    for (input, lang, loinc) in [(cxr.clone(), "en", "36554-4"), (src.path().join("ct"), "ko", "24627-2")] {
         let out = tempfile::tempdir().unwrap();
         let (stdout, stderr) = read_with_exports(store.path(), &input, out.path(), lang);
         assert!(stdout.contains("Preliminary report"), "{stdout}");
@@ -227,4 +234,133 @@ fn a_store_killed_while_autosaving_keeps_the_last_draft_and_the_signed_report() 
     // And it is still immutable after the crash.
     let mut reports = reports;
     assert!(matches!(reports.save_draft("x", "1.2.3.2", signed), Err(report::Error::Signed)));
+}
+
+/// A QA lead reviews three findings of a CXR (accepts one, rejects one, corrects one); the
+/// reviewer's marks export as a Comprehensive SR that DCMTK reads (boxes as image regions on
+/// the source image, decisions and reasons) and a JSONL without patient data.
+#[test]
+fn qa_marks_export_as_an_sr_with_image_regions_and_a_jsonl_without_patient_data() {
+    use report::model::{AiFinding, BoxGeometry, FindingDecision, FindingEdit, ImageRef, ReasonCode, Side};
+    let src = tempfile::tempdir().unwrap();
+    let radiograph = RadiographSpec {
+        patient: PatientSpec::new("QAMARKS^PATIENT", "PIDQA-9001", "qa-marks"),
+        ..RadiographSpec::chest("qa-marks", 256)
+    };
+    synth::write_radiograph(&src.path().join("cxr.dcm"), &radiograph).unwrap();
+    let info = pacs::file::read_info(&src.path().join("cxr.dcm")).unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let imported = lucent(store.path()).arg("import").arg(src.path()).output().unwrap();
+    assert!(imported.status.success(), "{}", String::from_utf8_lossy(&imported.stderr));
+
+    let study = info.study_instance_uid.clone();
+    let image = ImageRef {
+        series_uid: info.series_instance_uid.clone(),
+        sop_class_uid: info.sop_class_uid.clone(),
+        sop_instance_uid: info.sop_instance_uid.clone(),
+        ..Default::default()
+    };
+    let finding = |label: &str, score: f32, min: [f64; 2], max: [f64; 2]| AiFinding {
+        id: format!("cxr:lucent-cxr:{label}"),
+        model_id: "lucent-cxr".into(),
+        model_name: "Lucent CXR findings".into(),
+        model_version: "0.1.0".into(),
+        label: label.into(),
+        score,
+        threshold: 0.4,
+        side: Side::Right,
+        geometry: Some(BoxGeometry { min_px: min, max_px: max, ..Default::default() }),
+        image: Some(image.clone()),
+        ..Default::default()
+    };
+    let findings = vec![
+        finding("nodule", 0.81, [40.0, 60.0], [70.0, 90.0]),
+        finding("pneumothorax", 0.52, [150.0, 20.0], [230.0, 120.0]),
+        finding("consolidation", 0.66, [30.0, 120.0], [110.0, 200.0]),
+    ];
+    {
+        let mut reports = ReportStore::open(store.path()).unwrap();
+        reports.add_user("qa.lee", report::Role::QaLead).unwrap();
+        reports.add_user("dr.kim", report::Role::Reader).unwrap();
+        reports.record_ai_run("dr.kim", &study, &findings).unwrap();
+        reports.add_qa_review("qa.lee", &study, &findings[0].id, &FindingDecision::Accepted).unwrap();
+        let rejected = FindingDecision::Rejected { reason: ReasonCode::Artifact, comment: "skin fold".into() };
+        reports.add_qa_review("qa.lee", &study, &findings[1].id, &rejected).unwrap();
+        let corrected = FindingDecision::Edited {
+            edit: FindingEdit {
+                label: Some("pleural_effusion".into()),
+                geometry: Some(BoxGeometry { min_px: [20.0, 150.0], max_px: [120.0, 240.0], ..Default::default() }),
+                ..Default::default()
+            },
+            reason: ReasonCode::WrongLabel,
+            comment: String::new(),
+        };
+        // A first review, then a later one that counts.
+        reports.add_qa_review("qa.lee", &study, &findings[2].id, &FindingDecision::Accepted).unwrap();
+        reports.add_qa_review("qa.lee", &study, &findings[2].id, &corrected).unwrap();
+    }
+
+    let out = tempfile::tempdir().unwrap();
+    // Only a QA lead may export.
+    let refused = lucent(store.path())
+        .args(["report", "qa-export", "--user", "dr.kim", "--out"])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("QA lead"));
+    let run = lucent(store.path())
+        .args(["report", "qa-export", "--user", "qa.lee", "--out"])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        stdout.contains("3 mark(s) from 1 study(ies): 1 accepted, 1 rejected, 1 corrected; 1 SR file(s)"),
+        "{stdout}"
+    );
+
+    // The JSONL: one line per finding, the latest review, no patient data or comment text.
+    let jsonl = std::fs::read_to_string(out.path().join("marks.jsonl")).unwrap();
+    let marks: Vec<serde_json::Value> = jsonl.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(marks.len(), 3);
+    let by_label = |ai: &str| marks.iter().find(|m| m["ai_label"] == ai).unwrap();
+    assert_eq!(by_label("nodule")["decision"], "accepted");
+    assert_eq!(by_label("pneumothorax")["decision"], "rejected");
+    assert_eq!(by_label("pneumothorax")["reason"], "artifact");
+    assert_eq!(by_label("pneumothorax")["has_comment"], true);
+    let corrected = by_label("consolidation");
+    assert_eq!(corrected["decision"], "corrected");
+    assert_eq!(corrected["label"], "pleural_effusion");
+    assert_eq!(corrected["box_px"], serde_json::json!([20.0, 150.0, 120.0, 240.0]));
+    assert_eq!(corrected["ai_box_px"], serde_json::json!([30.0, 120.0, 110.0, 200.0]));
+    assert_eq!(corrected["image"]["sop_instance_uid"], info.sop_instance_uid.as_str());
+    for secret in ["QAMARKS", "PIDQA-9001", "skin fold"] {
+        assert!(!jsonl.contains(secret), "{secret} in marks.jsonl");
+    }
+
+    // The SR: the study's patient, three measurement groups with regions on the source image.
+    let sr_path = out.path().join("qa-marks-1.dcm");
+    let sr = dicom_object::open_file(&sr_path).unwrap();
+    let text = |tag| sr.element(tag).unwrap().to_str().unwrap().trim().to_owned();
+    assert_eq!(text(dicom_dictionary_std::tags::STUDY_INSTANCE_UID), study);
+    assert_eq!(text(dicom_dictionary_std::tags::PATIENT_ID), "PIDQA-9001");
+    if tool("dsrdump") {
+        let dump = dsrdump(&sr_path);
+        assert_eq!(dump.matches("Image Region").count(), 3, "{dump}");
+        assert!(dump.contains("POLYLINE"), "{dump}");
+        for expected in
+            ["Accepted by reviewer", "Rejected by reviewer", "Corrected by reviewer", "wrong label", "skin fold"]
+        {
+            assert!(dump.contains(expected), "{expected} missing: {dump}");
+        }
+        // The corrected label, not the AI's.
+        assert!(dump.contains("Pleural effusion") && !dump.contains("Lung consolidation"), "{dump}");
+        assert!(dump.contains(&info.sop_instance_uid), "the region refers to the source image");
+    }
+    // Audited.
+    let reports = ReportStore::open(store.path()).unwrap();
+    assert!(reports.audit_log().unwrap().iter().any(|e| e.action == "export" && e.detail.contains("qa_marks_sr")));
+    assert!(reports.verify_audit().unwrap().is_intact());
 }

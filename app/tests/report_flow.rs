@@ -78,14 +78,22 @@ fn read_draft_edit_sign_export_and_send_the_sr_to_orthanc() {
 
     // Exports of the signed report.
     let (pdf, sr, fhir) = (out.join("final.pdf"), out.join("final-sr.dcm"), out.join("final.json"));
+    let pdf_dicom = out.join("final-pdf.dcm");
     ok(run(&["report", "export", &study, "--from", &ct_arg, "--user", "dr.kim"])
         .arg("--pdf")
         .arg(&pdf)
         .arg("--sr")
         .arg(&sr)
         .arg("--fhir")
-        .arg(&fhir));
+        .arg(&fhir)
+        .arg("--pdf-dicom")
+        .arg(&pdf_dicom));
     assert!(std::fs::read(&pdf).unwrap().starts_with(b"%PDF-"));
+    let pdf_obj = dicom_object::open_file(&pdf_dicom).unwrap();
+    let pdf_uid =
+        pdf_obj.element(dicom_dictionary_std::tags::SOP_INSTANCE_UID).unwrap().to_str().unwrap().trim().to_owned();
+    let embedded = pdf_obj.element(dicom_dictionary_std::tags::ENCAPSULATED_DOCUMENT).unwrap().to_bytes().unwrap();
+    assert!(embedded.starts_with(b"%PDF-"), "the Encapsulated PDF holds the PDF");
     let fhir: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&fhir).unwrap()).unwrap();
     assert_eq!(fhir["status"], "final");
     assert_eq!(report::fhir::validate(&fhir), Vec::<String>::new());
@@ -101,9 +109,10 @@ fn read_draft_edit_sign_export_and_send_the_sr_to_orthanc() {
         assert!(dumped.contains("Imaging Measurements") || dumped.contains("126010"), "{dumped}");
     }
 
-    // Send the SR to the PACS and find it there.
+    // Send the SR and the Encapsulated PDF to the PACS and find them there.
     let port = pacs.dicom_port.to_string();
     let sr_arg = sr.to_string_lossy().into_owned();
+    let pdf_arg = pdf_dicom.to_string_lossy().into_owned();
     ok(&mut run(&[
         "pacs",
         "store",
@@ -116,8 +125,10 @@ fn read_draft_edit_sign_export_and_send_the_sr_to_orthanc() {
         "--our-aet",
         "LUCENT",
         &sr_arg,
+        &pdf_arg,
     ]));
     assert!(pacs.has_instance(&sr_uid), "the SR is in Orthanc");
+    assert!(pacs.has_instance(&pdf_uid), "the Encapsulated PDF is in Orthanc");
 
     // Every step is in the audit log, and the chain is intact.
     let verdict = ok(&mut run(&["audit", "verify"]));

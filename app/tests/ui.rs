@@ -438,6 +438,16 @@ fn a_report_is_drafted_from_the_ai_findings_decided_signed_and_then_immutable() 
     assert!(stats.iter().any(|s| s.label == "nodule" && s.decided >= 2 && s.rejected >= 1), "{stats:?}");
     assert_eq!(h.state().reports.versions(), signed_versions.as_slice());
     snapshot_with_live_text(&mut h, "qa_window");
+
+    // The QA lead exports the statistics and the review marks for retraining (on the worker).
+    h.get_by_label("Export statistics and review marks").click_accesskit();
+    wait_until(&mut h, |app| app.reports.message().contains("review mark(s)"));
+    let dir = h.state().reports.export_dir().to_path_buf();
+    assert!(h.state().reports.message().contains("1 SR file(s)"), "{}", h.state().reports.message());
+    assert!(dir.join("qa_statistics.csv").is_file());
+    let marks = std::fs::read_to_string(dir.join("qa-marks/marks.jsonl")).unwrap();
+    assert!(marks.contains(&format!("\"finding_id\":\"{}\"", d.finding.id)), "{marks}");
+    assert!(dir.join("qa-marks/qa-marks-1.dcm").is_file());
 }
 
 #[path = "../../tests/tests/common/orthanc.rs"]
@@ -469,4 +479,40 @@ fn the_pacs_window_finds_a_study_in_orthanc_retrieves_it_and_opens_it() {
     // "Open when done": the retrieved study is laid out in the viewports.
     wait_until(&mut h, |app| app.viewports.iter().any(|v| v.series.as_ref().is_some_and(|s| s.len() == 8)));
     snapshot_with_live_text(&mut h, "pacs_window");
+}
+
+#[test]
+fn the_model_evaluation_window_shows_the_table_for_a_generated_set() {
+    if !have_runtime() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("eval-set");
+    lucent_app::synth_cli::synth_cxr(&lucent_app::synth_cli::SynthCxrArgs {
+        out: data.clone(),
+        count: 16,
+        seed: "ui-eval".into(),
+        start: 0,
+        size: 256,
+        dicom: false,
+        threads: Some(2),
+    })
+    .unwrap();
+    let mut h = harness(&root.path().join("store"));
+    h.state_mut().layout = (1, 1);
+    h.run_steps(2);
+    h.get_by_label("Evaluation").click();
+    h.run_steps(2);
+    assert!(h.state().eval.open, "the toolbar button opens the window");
+    let eval = &mut h.state_mut().eval;
+    eval.data_dir = data.display().to_string();
+    eval.model = Some("lucent-cxr".into());
+    eval.start();
+    wait_until(&mut h, |app| !app.eval.running());
+    assert_eq!(h.state().eval.error(), None);
+    let report = h.state().eval.report().unwrap();
+    assert_eq!(report.models[0].cases, 16);
+    assert!(h.query_by_label("AUROC (95% CI)").is_some(), "the table header is shown");
+    assert!(h.query_by_label("Consolidation").is_some(), "a row per label");
+    assert!(h.query_by_label("ROC curves").is_some(), "the plot is labelled");
 }

@@ -16,6 +16,7 @@
 //!   scores, thresholds, contours and boxes in image pixels and mm.
 //! * [`ct`]: low-dose CT slice denoising, nodule detection (resampling, sliding windows, 3-D NMS)
 //!   and nodule measurement.
+//! * [`eval`]: AUROC with bootstrap intervals, operating points and FROC, for `lucent eval`.
 //! * [`lungrads`]: Lung-RADS v2022 baseline categories and management, as a data table.
 //! * [`resample`] / [`contour`]: the exact interpolations and marching squares they use.
 //!
@@ -27,6 +28,7 @@ pub mod contour;
 pub mod ct;
 pub mod cxr;
 mod error;
+pub mod eval;
 pub mod lungrads;
 pub mod manifest;
 pub mod registry;

@@ -101,9 +101,10 @@ pub enum Error {
     #[error("{operation} failed at {peer}: status {status:#06x} ({meaning})")]
     DimseFailure { peer: String, operation: &'static str, status: u16, meaning: &'static str },
 
-    /// TLS was asked for but this build has no DICOM TLS.
-    #[error("node {node}: DICOM TLS is not supported by this build")]
-    TlsUnsupported { node: String },
+    /// DICOM TLS failed with a peer: the handshake (an untrusted or mismatched certificate, a
+    /// client certificate refused, no common protocol), or one side speaks TLS and the other not.
+    #[error("TLS with {peer} failed: {detail}")]
+    Tls { peer: String, detail: String },
 
     /// A PACS node or listener configuration that cannot be used.
     #[error("invalid network configuration: {reason}")]

@@ -1,5 +1,6 @@
 //! DICOM Structured Reports: a Comprehensive SR (1.2.840.10008.5.1.4.1.1.88.33) laid out after
-//! TID 1500 "Measurement Report", written from a neutral [`SrDocument`].
+//! TID 1500 "Measurement Report", written from a neutral [`SrDocument`]; and the report's PDF as
+//! an Encapsulated PDF ([`write_encapsulated_pdf`]) for archives that show documents.
 //!
 //! ```text
 //! CONTAINER (126000, DCM, "Imaging Measurement Report")        [DCMR 1500]
@@ -129,9 +130,35 @@ pub struct SrFindingGroup {
     pub laterality: Option<SrCode>,
     pub measurements: Vec<SrMeasurement>,
     pub image: Option<SrImageRef>,
+    /// The outline of the finding on `image`: a closed polyline of (column, row) points in the
+    /// image's pixel coordinates (DICOM 2-D SCOORD: (0, 0) is the top-left corner of the first
+    /// pixel), written as an "Image Region" (111030, DCM) SCOORD selected from `image`, as in
+    /// TID 1410. Ignored without `image`.
+    pub region_px: Option<Vec<[f32; 2]>>,
+    /// A reviewer's verdict on this finding (QA marks exported for retraining).
+    pub review: Option<SrReview>,
     pub algorithm_name: String,
     pub algorithm_version: String,
 }
+
+/// A reviewer's verdict on one finding.
+///
+/// Written inside the finding's measurement group as the reviewer (Person observer), the
+/// decision and the reason, both coded in Lucent's private scheme [`LUCENT_SCHEME`] (DICOM has
+/// no standard code for an AI finding's review outcome), and the comment as (121106, DCM,
+/// "Comment").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SrReview {
+    pub observer_name: String,
+    /// E.g. (`accepted`, 99LUCENT, "Accepted by reviewer").
+    pub decision: SrCode,
+    pub reason: Option<SrCode>,
+    pub comment: String,
+}
+
+/// Lucent's private coding scheme designator (a "99" prefix, as PS3.16 §8 reserves for local
+/// schemes); declared in the Coding Scheme Identification Sequence of any SR that uses it.
+pub const LUCENT_SCHEME: &str = "99LUCENT";
 
 /// A block of the report's text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -293,6 +320,21 @@ fn image(relationship: &str, r: &SrImageRef) -> InMemDicomObject {
     item
 }
 
+/// A closed 2-D POLYLINE SCOORD (the first point repeated at the end) selected from an image.
+fn scoord_polyline(concept: &SrCode, points: &[[f32; 2]], src: &SrImageRef) -> InMemDicomObject {
+    let mut item = content(Some("CONTAINS"), "SCOORD", Some(concept));
+    let mut data: Vec<f32> = points.iter().flat_map(|p| [p[0], p[1]]).collect();
+    if points.first() != points.last()
+        && let Some(first) = points.first()
+    {
+        data.extend_from_slice(first);
+    }
+    item.put(DataElement::new(tags::GRAPHIC_DATA, VR::FL, PrimitiveValue::F32(data.into())));
+    put_str(&mut item, tags::GRAPHIC_TYPE, VR::CS, "POLYLINE");
+    seq(&mut item, tags::CONTENT_SEQUENCE, vec![image("SELECTED FROM", src)]);
+    item
+}
+
 /// A decimal string of at most 16 characters.
 fn ds(value: f64) -> String {
     for decimals in (0..=4).rev() {
@@ -337,10 +379,32 @@ fn group(g: &SrFindingGroup) -> InMemDicomObject {
     }
     children.push(text("HAS CONCEPT MOD", &SrCode::new("111001", "DCM", "Algorithm Name"), &g.algorithm_name));
     children.push(text("HAS CONCEPT MOD", &SrCode::new("111003", "DCM", "Algorithm Version"), &g.algorithm_version));
+    if let Some(review) = &g.review {
+        let observer_type = SrCode::new("121005", "DCM", "Observer Type");
+        children.push(code("HAS OBS CONTEXT", &observer_type, &SrCode::new("121006", "DCM", "Person")));
+        children.push(pname(
+            "HAS OBS CONTEXT",
+            &SrCode::new("121008", "DCM", "Person Observer Name"),
+            &review.observer_name,
+        ));
+        children.push(code("CONTAINS", &SrCode::new("review", LUCENT_SCHEME, "Review decision"), &review.decision));
+        if let Some(reason) = &review.reason {
+            children.push(code("CONTAINS", &SrCode::new("review-reason", LUCENT_SCHEME, "Review reason"), reason));
+        }
+        if !review.comment.trim().is_empty() {
+            children.push(text("CONTAINS", &SrCode::new("121106", "DCM", "Comment"), review.comment.trim()));
+        }
+    }
     for m in &g.measurements {
         children.push(num(m, g.image.as_ref()));
     }
+    if let (Some(points), Some(src)) = (&g.region_px, &g.image)
+        && points.len() >= 2
+    {
+        children.push(scoord_polyline(&SrCode::new("111030", "DCM", "Image Region"), points, src));
+    }
     if g.measurements.is_empty()
+        && g.region_px.is_none()
         && let Some(src) = &g.image
     {
         children.push(image("CONTAINS", src));
@@ -359,6 +423,107 @@ fn all_images(doc: &SrDocument) -> Vec<SrImageRef> {
     out
 }
 
+/// The Patient and General Study modules (and the character set) of a report object.
+fn put_patient_and_study(obj: &mut InMemDicomObject, s: &SrStudy) {
+    put_str(obj, tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192");
+    put_str(obj, tags::PATIENT_NAME, VR::PN, &s.patient_name);
+    put_str(obj, tags::PATIENT_ID, VR::LO, &s.patient_id);
+    put_str(obj, tags::PATIENT_BIRTH_DATE, VR::DA, &s.patient_birth_date);
+    put_str(obj, tags::PATIENT_SEX, VR::CS, &s.patient_sex);
+    put_str(obj, tags::STUDY_INSTANCE_UID, VR::UI, &s.study_uid);
+    put_str(obj, tags::STUDY_DATE, VR::DA, &s.study_date);
+    put_str(obj, tags::STUDY_TIME, VR::TM, &s.study_time);
+    put_str(obj, tags::REFERRING_PHYSICIAN_NAME, VR::PN, &s.referring_physician);
+    put_str(obj, tags::STUDY_ID, VR::SH, &s.study_id);
+    put_str(obj, tags::ACCESSION_NUMBER, VR::SH, &s.accession);
+}
+
+/// DICOM DT `YYYYMMDDHHMMSS` split into DA and TM (midnight when the time is missing).
+fn date_and_time(datetime: &str) -> (&str, &str) {
+    let dt = datetime.trim();
+    let (date, time) = if dt.len() >= 8 { dt.split_at(8) } else { (dt, "") };
+    (date, if time.is_empty() { "000000" } else { time })
+}
+
+/// Writes `obj` as a Part 10 file (Explicit VR Little Endian) at `path`.
+fn write_part10(obj: InMemDicomObject, sop_class: &str, sop_uid: &str, path: &Path) -> Result<()> {
+    let file_obj = obj
+        .with_meta(
+            FileMetaTableBuilder::new()
+                .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
+                .media_storage_sop_class_uid(sop_class)
+                .media_storage_sop_instance_uid(sop_uid)
+                .implementation_class_uid(uid("lucent-implementation"))
+                .implementation_version_name("LUCENT_0_1"),
+        )
+        .map_err(|e| Error::Write { detail: e.to_string() })?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    file_obj.write_to_file(path).map_err(|e| Error::Write { detail: e.to_string() })
+}
+
+/// Encapsulated PDF Storage.
+pub const ENCAPSULATED_PDF: &str = "1.2.840.10008.5.1.4.1.1.104.1";
+
+/// What an Encapsulated PDF holds besides the PDF.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncapsulatedPdf {
+    pub study: SrStudy,
+    pub document_title: String,
+    /// DICOM DT, `YYYYMMDDHHMMSS`: Content Date and Time.
+    pub content_datetime: String,
+    pub series_number: i64,
+    pub series_description: String,
+    /// Seed for the new UIDs (same seed, same UIDs).
+    pub uid_seed: String,
+}
+
+/// Writes `pdf` as a DICOM Encapsulated PDF (modality DOC) in the study of `meta.study`, so the
+/// report's PDF can be stored in a PACS beside the images. Returns the new UIDs.
+pub fn write_encapsulated_pdf(pdf: &[u8], meta: &EncapsulatedPdf, path: &Path) -> Result<SrWritten> {
+    if meta.study.study_uid.is_empty() {
+        return Err(Error::MissingAttribute { name: "StudyInstanceUID" });
+    }
+    if !pdf.starts_with(b"%PDF-") {
+        return Err(Error::Write { detail: "the encapsulated document is not a PDF".into() });
+    }
+    let series_uid = uid(&format!("pdf-series:{}:{}", meta.uid_seed, meta.study.study_uid));
+    let sop_uid = uid(&format!("pdf-sop:{}:{}:{}", meta.uid_seed, meta.study.study_uid, meta.content_datetime));
+    let (date, time) = date_and_time(&meta.content_datetime);
+    let mut obj = InMemDicomObject::new_empty();
+    put_patient_and_study(&mut obj, &meta.study);
+    put_str(&mut obj, tags::SOP_CLASS_UID, VR::UI, ENCAPSULATED_PDF);
+    put_str(&mut obj, tags::SOP_INSTANCE_UID, VR::UI, &sop_uid);
+    // Encapsulated Document Series, General Equipment, SC Equipment.
+    put_str(&mut obj, tags::MODALITY, VR::CS, "DOC");
+    put_str(&mut obj, tags::SERIES_INSTANCE_UID, VR::UI, &series_uid);
+    put_str(&mut obj, tags::SERIES_NUMBER, VR::IS, &meta.series_number.to_string());
+    put_str(&mut obj, tags::SERIES_DESCRIPTION, VR::LO, &meta.series_description);
+    put_str(&mut obj, tags::MANUFACTURER, VR::LO, "Lucent");
+    put_str(&mut obj, tags::SOFTWARE_VERSIONS, VR::LO, env!("CARGO_PKG_VERSION"));
+    put_str(&mut obj, tags::CONVERSION_TYPE, VR::CS, "WSD");
+    // Encapsulated Document.
+    put_str(&mut obj, tags::INSTANCE_NUMBER, VR::IS, "1");
+    put_str(&mut obj, tags::CONTENT_DATE, VR::DA, date);
+    put_str(&mut obj, tags::CONTENT_TIME, VR::TM, time);
+    put_str(&mut obj, tags::ACQUISITION_DATE_TIME, VR::DT, meta.content_datetime.trim());
+    // The PDF shows the patient's name and ID in its header.
+    put_str(&mut obj, tags::BURNED_IN_ANNOTATION, VR::CS, "YES");
+    put_str(&mut obj, tags::DOCUMENT_TITLE, VR::ST, &meta.document_title);
+    seq(&mut obj, tags::CONCEPT_NAME_CODE_SEQUENCE, Vec::new());
+    put_str(&mut obj, tags::MIME_TYPE_OF_ENCAPSULATED_DOCUMENT, VR::LO, "application/pdf");
+    let length = u32::try_from(pdf.len()).map_err(|_| Error::Write { detail: "the PDF is over 4 GiB".into() })?;
+    obj.put(DataElement::new(tags::ENCAPSULATED_DOCUMENT_LENGTH, VR::UL, PrimitiveValue::from(length)));
+    let mut bytes = pdf.to_vec();
+    if bytes.len() % 2 == 1 {
+        bytes.push(0);
+    }
+    obj.put(DataElement::new(tags::ENCAPSULATED_DOCUMENT, VR::OB, PrimitiveValue::from(bytes)));
+    write_part10(obj, ENCAPSULATED_PDF, &sop_uid, path)?;
+    Ok(SrWritten { series_uid, sop_instance_uid: sop_uid })
+}
+
 /// Writes the SR to `path`. Returns the new UIDs.
 pub fn write_sr(doc: &SrDocument, path: &Path) -> Result<SrWritten> {
     if doc.study.study_uid.is_empty() {
@@ -366,26 +531,13 @@ pub fn write_sr(doc: &SrDocument, path: &Path) -> Result<SrWritten> {
     }
     let series_uid = uid(&format!("sr-series:{}:{}", doc.uid_seed, doc.study.study_uid));
     let sop_uid = uid(&format!("sr-sop:{}:{}:{}", doc.uid_seed, doc.study.study_uid, doc.content_datetime));
-    let dt = doc.content_datetime.trim();
-    let (date, time) = if dt.len() >= 8 { dt.split_at(8) } else { (dt, "") };
-    let time = if time.is_empty() { "000000" } else { time };
+    let (date, time) = date_and_time(&doc.content_datetime);
 
     let mut obj = InMemDicomObject::new_empty();
-    put_str(&mut obj, tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192");
+    put_patient_and_study(&mut obj, &doc.study);
     put_str(&mut obj, tags::SOP_CLASS_UID, VR::UI, COMPREHENSIVE_SR);
     put_str(&mut obj, tags::SOP_INSTANCE_UID, VR::UI, &sop_uid);
-    // Patient and General Study.
     let s = &doc.study;
-    put_str(&mut obj, tags::PATIENT_NAME, VR::PN, &s.patient_name);
-    put_str(&mut obj, tags::PATIENT_ID, VR::LO, &s.patient_id);
-    put_str(&mut obj, tags::PATIENT_BIRTH_DATE, VR::DA, &s.patient_birth_date);
-    put_str(&mut obj, tags::PATIENT_SEX, VR::CS, &s.patient_sex);
-    put_str(&mut obj, tags::STUDY_INSTANCE_UID, VR::UI, &s.study_uid);
-    put_str(&mut obj, tags::STUDY_DATE, VR::DA, &s.study_date);
-    put_str(&mut obj, tags::STUDY_TIME, VR::TM, &s.study_time);
-    put_str(&mut obj, tags::REFERRING_PHYSICIAN_NAME, VR::PN, &s.referring_physician);
-    put_str(&mut obj, tags::STUDY_ID, VR::SH, &s.study_id);
-    put_str(&mut obj, tags::ACCESSION_NUMBER, VR::SH, &s.accession);
     // SR Document Series and General Equipment.
     put_str(&mut obj, tags::MODALITY, VR::CS, "SR");
     put_str(&mut obj, tags::SERIES_INSTANCE_UID, VR::UI, &series_uid);
@@ -415,6 +567,13 @@ pub fn write_sr(doc: &SrDocument, path: &Path) -> Result<SrWritten> {
         }
     }
     seq(&mut obj, tags::PERFORMED_PROCEDURE_CODE_SEQUENCE, vec![code_item(&doc.procedure)]);
+    if doc.groups.iter().any(|g| g.review.is_some() || g.finding.scheme == LUCENT_SCHEME) {
+        let mut scheme = InMemDicomObject::new_empty();
+        put_str(&mut scheme, tags::CODING_SCHEME_DESIGNATOR, VR::SH, LUCENT_SCHEME);
+        put_str(&mut scheme, tags::CODING_SCHEME_NAME, VR::ST, "Lucent review codes");
+        put_str(&mut scheme, tags::CODING_SCHEME_RESPONSIBLE_ORGANIZATION, VR::ST, "Lucent");
+        seq(&mut obj, tags::CODING_SCHEME_IDENTIFICATION_SEQUENCE, vec![scheme]);
+    }
     let images = all_images(doc);
     if !images.is_empty() {
         let mut series_items = Vec::new();
@@ -517,20 +676,7 @@ pub fn write_sr(doc: &SrDocument, path: &Path) -> Result<SrWritten> {
     }
     seq(&mut obj, tags::CONTENT_SEQUENCE, root);
 
-    let file_obj = obj
-        .with_meta(
-            FileMetaTableBuilder::new()
-                .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
-                .media_storage_sop_class_uid(COMPREHENSIVE_SR)
-                .media_storage_sop_instance_uid(sop_uid.as_str())
-                .implementation_class_uid(uid("lucent-implementation"))
-                .implementation_version_name("LUCENT_0_1"),
-        )
-        .map_err(|e| Error::Write { detail: e.to_string() })?;
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    }
-    file_obj.write_to_file(path).map_err(|e| Error::Write { detail: e.to_string() })?;
+    write_part10(obj, COMPREHENSIVE_SR, &sop_uid, path)?;
     Ok(SrWritten { series_uid, sop_instance_uid: sop_uid })
 }
 
@@ -580,6 +726,8 @@ mod tests {
                     SrMeasurement::mean_attenuation_hu(35.0),
                 ],
                 image: Some(image),
+                region_px: None,
+                review: None,
                 algorithm_name: "lucent-test-ct-detect".into(),
                 algorithm_version: "1.0.0".into(),
             }],
@@ -614,6 +762,40 @@ mod tests {
         let obj = dicom_object::open_file(&path).unwrap();
         assert_eq!(obj.element(tags::VERIFICATION_FLAG).unwrap().to_str().unwrap().trim(), "VERIFIED");
         assert!(obj.element(tags::VERIFYING_OBSERVER_SEQUENCE).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod pdf_tests {
+    use super::*;
+
+    #[test]
+    fn an_encapsulated_pdf_keeps_the_pdf_bytes_and_the_study() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pdf.dcm");
+        let pdf = b"%PDF-1.7\n% a tiny odd-length stand-in\n%%EOF".to_vec();
+        assert_eq!(pdf.len() % 2, 1);
+        let meta = EncapsulatedPdf {
+            study: SrStudy { study_uid: "1.2.3".into(), patient_name: "홍^길동".into(), ..Default::default() },
+            document_title: "Lucent report".into(),
+            content_datetime: "20240301103000".into(),
+            series_number: 992,
+            series_description: "Lucent report (PDF)".into(),
+            uid_seed: "test".into(),
+        };
+        let written = write_encapsulated_pdf(&pdf, &meta, &path).unwrap();
+        let obj = dicom_object::open_file(&path).unwrap();
+        let s = |tag| obj.element(tag).unwrap().to_str().unwrap().trim().to_owned();
+        assert_eq!(s(tags::SOP_CLASS_UID), ENCAPSULATED_PDF);
+        assert_eq!(s(tags::SOP_INSTANCE_UID), written.sop_instance_uid);
+        assert_eq!(s(tags::STUDY_INSTANCE_UID), "1.2.3");
+        assert_eq!(s(tags::MODALITY), "DOC");
+        assert_eq!(s(tags::MIME_TYPE_OF_ENCAPSULATED_DOCUMENT), "application/pdf");
+        let length = obj.element(tags::ENCAPSULATED_DOCUMENT_LENGTH).unwrap().to_int::<usize>().unwrap();
+        let stored = obj.element(tags::ENCAPSULATED_DOCUMENT).unwrap().to_bytes().unwrap();
+        assert_eq!(&stored[..length], pdf.as_slice(), "the PDF, then one pad byte");
+        assert_eq!(stored.len(), pdf.len() + 1);
+        assert!(write_encapsulated_pdf(b"not a pdf", &meta, &path).is_err());
     }
 }
 

@@ -1,8 +1,8 @@
 //! FHIR R4 `DiagnosticReport` JSON for a report.
 //!
 //! * `status`: `preliminary` (unsigned, exported explicitly as preliminary), `final`, `amended`.
-//! * `code`: LOINC 36643-5 "XR Chest 2 Views" for CXR reports and 24627-2 "CT Chest" for LDCT
-//!   reports (LOINC has more specific codes, e.g. for single views; these two are the ones used).
+//! * `code`: LOINC 36554-4 "XR Chest Single view" for CXR reports (Lucent reads one frontal
+//!   view) and 24627-2 "CT Chest" for LDCT reports ([`ReportKind::loinc`]).
 //! * `subject`: display name and identifier from the study (the FHIR file is a clinical export; it
 //!   is never logged).
 //! * `presentedForm`: the report text, UTF-8, base64; `conclusion`: the impression / Lung-RADS.
@@ -14,7 +14,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use crate::draft::Report;
-use crate::model::{AiFinding, Decisions, Lang, ReportKind, StudyContext, effective_findings};
+use crate::model::{AiFinding, Decisions, Lang, StudyContext, effective_findings};
 use crate::store::ReportStatus;
 use crate::vocab;
 
@@ -60,10 +60,7 @@ pub fn presented_text(report: &Report, addenda: &[String]) -> String {
 /// Builds the DiagnosticReport.
 pub fn diagnostic_report(input: &FhirInput<'_>) -> Value {
     let ctx = input.context;
-    let (loinc, display) = match input.report.kind {
-        ReportKind::Cxr => ("36643-5", "XR Chest 2 Views"),
-        ReportKind::Ldct => ("24627-2", "CT Chest"),
-    };
+    let (loinc, display) = input.report.kind.loinc();
     let described: Vec<AiFinding> =
         effective_findings(input.findings, input.decisions).into_iter().filter(AiFinding::is_flagged).collect();
     let mut devices: Vec<(String, String, String)> = Vec::new();

@@ -65,6 +65,16 @@ impl ReportKind {
             Self::Ldct => "ldct",
         }
     }
+
+    /// The procedure's LOINC code and display name (FHIR `code`, SR "Procedure reported").
+    /// Lucent reads one frontal radiograph, hence "Single view"; LOINC has no LDCT-specific
+    /// imaging code in the Radiology Playbook subset used here, hence plain "CT Chest".
+    pub fn loinc(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Cxr => ("36554-4", "XR Chest Single view"),
+            Self::Ldct => ("24627-2", "CT Chest"),
+        }
+    }
 }
 
 /// One image the report refers to.

@@ -19,6 +19,7 @@
 //! Signing and addenda run with `synchronous=FULL`; a SIGKILL at any point leaves the last
 //! committed draft and every signed version intact (tested).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -645,6 +646,22 @@ impl ReportStore {
         Ok(out)
     }
 
+    /// The studies that have at least one QA review, in study UID order.
+    pub fn qa_reviewed_studies(&self) -> Result<Vec<String>> {
+        let mut stmt = self.conn.prepare("SELECT DISTINCT study_uid FROM qa_reviews ORDER BY study_uid")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// Each reviewed finding of a study with its latest QA review, in finding ID order.
+    pub fn latest_qa_reviews(&self, study_uid: &str) -> Result<Vec<(AiFinding, QaReview)>> {
+        let mut latest: HashMap<String, QaReview> = HashMap::new();
+        for review in self.qa_reviews(study_uid)? {
+            latest.insert(review.finding_id.clone(), review);
+        }
+        Ok(self.findings(study_uid)?.into_iter().filter_map(|f| latest.remove(&f.id).map(|r| (f, r))).collect())
+    }
+
     /// Every recorded finding with the decision that counts for statistics: the latest QA review,
     /// else the reader's decision, else pending.
     pub fn decided_findings(&self) -> Result<Vec<DecidedFinding>> {
@@ -747,9 +764,7 @@ impl ReportStore {
         }
         let draft = self.draft(study_uid)?.ok_or_else(|| Error::NotFound { what: "a draft to sign".into() })?;
         let at = self.now();
-        self.conn.pragma_update(None, "synchronous", "FULL")?;
-        let result = (|| -> Result<i64> {
-            let tx = self.conn.transaction()?;
+        let id = self.durably(|tx| {
             let body: String = tx.query_row("SELECT body FROM versions WHERE id = ?1", [draft.id], |r| r.get(0))?;
             let report_id: i64 =
                 tx.query_row("SELECT report_id FROM versions WHERE id = ?1", [draft.id], |r| r.get(0))?;
@@ -762,18 +777,15 @@ impl ReportStore {
             let id = tx.last_insert_rowid();
             tx.execute("DELETE FROM versions WHERE id = ?1", [draft.id])?;
             append_audit_tx(
-                &tx,
+                tx,
                 &at,
                 user,
                 AuditAction::Sign,
                 study_uid,
                 &serde_json::json!({ "version": id, "content_sha256": hash }),
             )?;
-            tx.commit()?;
             Ok(id)
-        })();
-        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let id = result?;
+        })?;
         self.version(id)
     }
 
@@ -787,9 +799,7 @@ impl ReportStore {
         let at = self.now();
         let body = serde_json::to_string(&VersionBody::Addendum { text: text.to_owned() })?;
         let hash = sha256_hex(body.as_bytes());
-        self.conn.pragma_update(None, "synchronous", "FULL")?;
-        let result = (|| -> Result<i64> {
-            let tx = self.conn.transaction()?;
+        let id = self.durably(|tx| {
             tx.execute(
                 "INSERT INTO versions (report_id, kind, body, author, saved_at, signed_by, signed_at, content_sha256)
                  VALUES (?1, 'addendum', ?2, ?3, ?4, ?3, ?4, ?5)",
@@ -797,19 +807,31 @@ impl ReportStore {
             )?;
             let id = tx.last_insert_rowid();
             append_audit_tx(
-                &tx,
+                tx,
                 &at,
                 user,
                 AuditAction::Addendum,
                 study_uid,
                 &serde_json::json!({ "version": id, "content_sha256": hash }),
             )?;
-            tx.commit()?;
             Ok(id)
+        })?;
+        self.version(id)
+    }
+
+    /// Runs `write` in one transaction committed with `synchronous=FULL` (a signed version must
+    /// survive a power cut as soon as the call returns), then goes back to `NORMAL`, which is
+    /// enough for autosaved drafts in WAL mode. The transaction rolls back when `write` fails.
+    fn durably<T>(&mut self, write: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
+        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        let result = (|| {
+            let tx = self.conn.transaction()?;
+            let value = write(&tx)?;
+            tx.commit()?;
+            Ok(value)
         })();
         self.conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let id = result?;
-        self.version(id)
+        result
     }
 
     fn version(&self, id: i64) -> Result<ReportVersion> {

@@ -43,6 +43,28 @@ fn studies(dir: &std::path::Path) -> (Vec<PathBuf>, PathBuf) {
     (ct_files, cr_file)
 }
 
+/// Orthanc holding the CT study of [`studies`], a client for it, the study as QIDO-RS finds it
+/// and an empty local store (in `temp`). `None` (skip) without Orthanc.
+struct CtInOrthanc {
+    // Bind these (not `..`) in tests: Orthanc stops and the folder goes when they drop.
+    _orthanc: Orthanc,
+    _temp: tempfile::TempDir,
+    client: DicomWebClient,
+    study: pacs::net::StudyMatch,
+    store: Store,
+}
+
+fn ct_in_orthanc() -> Option<CtInOrthanc> {
+    let orthanc = Orthanc::start(&[])?;
+    let temp = tempfile::tempdir().unwrap();
+    let (ct, _) = studies(temp.path());
+    orthanc.upload(&ct);
+    let client = DicomWebClient::new(&web_node(&orthanc)).unwrap();
+    let study = client.search_studies(&FindQuery::default()).unwrap().remove(0);
+    let store = Store::open(&temp.path().join("store")).unwrap();
+    Some(CtInOrthanc { _orthanc: orthanc, _temp: temp, client, study, store })
+}
+
 #[test]
 fn qido_searches_by_name_wildcard_date_range_and_modality() {
     let Some(orthanc) = Orthanc::start(&[]) else { return };
@@ -117,15 +139,9 @@ fn wado_rs_retrieves_studies_as_stored_including_jpeg_2000() {
 
 #[test]
 fn wado_rs_retrieves_one_series() {
-    let Some(orthanc) = Orthanc::start(&[]) else { return };
-    let temp = tempfile::tempdir().unwrap();
-    let (ct, _) = studies(temp.path());
-    orthanc.upload(&ct);
-    let client = DicomWebClient::new(&web_node(&orthanc)).unwrap();
-    let study = &client.search_studies(&FindQuery::default()).unwrap()[0];
+    let Some(CtInOrthanc { client, study, mut store, _orthanc, _temp }) = ct_in_orthanc() else { return };
     let series =
         &client.search_series(&FindQuery { study_uid: study.study_uid.clone(), ..FindQuery::default() }).unwrap()[0];
-    let mut store = Store::open(&temp.path().join("store")).unwrap();
     let s = client.retrieve(&study.study_uid, Some(&series.series_uid), &mut store, &mut |_| {}, &never()).unwrap();
     assert_eq!(s.received, 12);
     assert_eq!(store.instances(&series.series_uid).unwrap().len(), 12);
@@ -152,13 +168,7 @@ fn stow_rs_uploads_and_orthanc_has_every_instance() {
 
 #[test]
 fn cancel_stops_a_retrieve_and_keeps_what_arrived_whole() {
-    let Some(orthanc) = Orthanc::start(&[]) else { return };
-    let temp = tempfile::tempdir().unwrap();
-    let (ct, _) = studies(temp.path());
-    orthanc.upload(&ct);
-    let client = DicomWebClient::new(&web_node(&orthanc)).unwrap();
-    let study = &client.search_studies(&FindQuery::default()).unwrap()[0];
-    let mut store = Store::open(&temp.path().join("store")).unwrap();
+    let Some(CtInOrthanc { client, study, mut store, _orthanc, _temp }) = ct_in_orthanc() else { return };
     let cancel = AtomicBool::new(false);
     let err = client
         .retrieve(

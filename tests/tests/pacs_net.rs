@@ -1,5 +1,7 @@
 //! DICOM networking against real peers: a throw-away Orthanc 1.10 (with the DICOMweb plugin,
 //! started here on free loopback ports) and the DCMTK tools (storescu, findscu, getscu, echoscu).
+//! DICOM TLS against an Orthanc whose DICOM port speaks TLS only, and Lucent's own TLS Store SCP,
+//! with a throw-away CA made here (`common::tls`).
 //!
 //! Data: synthetic CT and CR studies from `pacs::synth`, and compressed files of pydicom-data /
 //! pydicom's test files when provisioned (JPEG 2000 included: Orthanc 1.10 cannot transcode it,
@@ -20,7 +22,8 @@ use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use common::orthanc::{Modality, ORTHANC_AET, Orthanc, dcmtk, free_port};
+use common::orthanc::{Modality, ORTHANC_AET, Orthanc, OrthancTls, dcmtk, free_port};
+use common::tls::{Issued, TestCa};
 use common::{assert_identical_in_store, compressed_files, store_instances};
 use pacs::net::{
     self, EchoVerdict, FindQuery, PacsNode, RetrieveOptions, RetrieveProgress, RetrieveRequest, ScpConfig, ScpEvent,
@@ -570,4 +573,237 @@ fn cancel_stops_a_get_with_c_cancel_and_keeps_what_arrived() {
     assert_eq!(report.missing.len(), 30 - report.received);
     assert_eq!(store.counts().unwrap().instances, report.received);
     assert!(store.check_consistency().unwrap().is_consistent());
+}
+
+/// `node` over TLS, trusting `ca`, presenting `client` when given.
+fn over_tls(mut node: PacsNode, ca: &Path, client: Option<&Issued>) -> PacsNode {
+    node.tls = true;
+    node.tls_ca_file = Some(ca.to_path_buf());
+    node.tls_cert_file = client.map(|c| c.cert_file.clone());
+    node.tls_key_file = client.map(|c| c.key_file.clone());
+    node
+}
+
+/// Lucent's Store SCP on a free loopback port, TLS only with `server`'s certificate.
+fn tls_scp_config(port: u16, server: &Issued, client_ca: Option<&Path>, allowed: &[&str]) -> ScpConfig {
+    let mut config = ScpConfig::new(LUCENT_AET, port);
+    config.bind_address = "127.0.0.1".parse().unwrap();
+    config.allowed_calling_aes = allowed.iter().map(|a| (*a).to_owned()).collect();
+    config.tls_cert_file = Some(server.cert_file.clone());
+    config.tls_key_file = Some(server.key_file.clone());
+    config.tls_client_ca_file = client_ca.map(Path::to_path_buf);
+    config
+}
+
+#[test]
+fn dicom_tls_echo_find_get_move_and_store_against_orthanc() {
+    let work = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(&work.path().join("pki"), "hospital");
+    let orthanc_cert = ca.issue("orthanc");
+    let lucent_cert = ca.issue("lucent");
+    let scp_port = free_port();
+    // Orthanc requires a client certificate from its peers (mutual TLS), and delivers C-MOVEs to
+    // Lucent's SCP over TLS too.
+    let tls = OrthancTls {
+        certificate: orthanc_cert.cert_file.clone(),
+        private_key: orthanc_cert.key_file.clone(),
+        trusted: ca.cert_file.clone(),
+        remote_certificate_required: true,
+    };
+    let Some(orthanc) = Orthanc::start_with_tls(&[Modality::new("lucent", LUCENT_AET, scp_port).with_tls()], &tls)
+    else {
+        return;
+    };
+    let (ct_files, cr_file) = synthetic_studies(&work.path().join("synth"), "tls", 6);
+    let mut uploaded = ct_files.clone();
+    uploaded.push(cr_file.clone());
+    orthanc.upload(&uploaded);
+    let node = over_tls(orthanc.node(LUCENT_AET), &ca.cert_file, Some(&lucent_cert));
+    let ct = info(&ct_files[0]);
+    let cr = info(&cr_file);
+
+    // C-ECHO over TLS.
+    let verdict = net::echo(&node);
+    assert!(verdict.is_ok(), "C-ECHO over TLS: {verdict}");
+
+    // C-FIND over TLS finds the uploaded studies.
+    let studies = net::find_studies(&node, &FindQuery::default(), &never()).unwrap();
+    let uids: BTreeSet<_> = studies.iter().map(|s| s.study_uid.clone()).collect();
+    assert_eq!(uids, BTreeSet::from([ct.study_instance_uid.clone(), cr.study_instance_uid.clone()]));
+    let row = studies.iter().find(|s| s.study_uid == ct.study_instance_uid).unwrap();
+    assert_eq!(row.instance_count, Some(6));
+
+    // C-GET over TLS into a fresh store.
+    let mut store = Store::open(&work.path().join("store-get")).unwrap();
+    let report = net::retrieve_get(
+        &node,
+        &RetrieveRequest::study(&ct.study_instance_uid),
+        &mut store,
+        &RetrieveOptions::default(),
+        &mut ignore_progress(),
+        &never(),
+    )
+    .unwrap();
+    assert!(report.is_complete(), "{report:?}");
+    assert_eq!((report.expected, report.received, report.stored), (Some(6), 6, 6));
+    assert_eq!(store.counts().unwrap().instances, 6);
+    assert_identical_in_store(&store, &ct_files);
+    assert!(store.check_consistency().unwrap().is_consistent());
+
+    // C-MOVE over TLS to Lucent's own Store SCP, itself TLS only and requiring Orthanc's
+    // client certificate.
+    let move_dir = work.path().join("store-move");
+    let mut move_store = Store::open(&move_dir).unwrap();
+    let config = tls_scp_config(scp_port, &lucent_cert, Some(&ca.cert_file), &[ORTHANC_AET]);
+    let (scp, events) = net::start_scp(&config, &move_dir).unwrap();
+    let report = net::retrieve_move(
+        &node,
+        &RetrieveRequest::study(&cr.study_instance_uid),
+        LUCENT_AET,
+        &mut move_store,
+        &RetrieveOptions::default(),
+        &mut ignore_progress(),
+        &never(),
+    )
+    .unwrap();
+    assert!(report.is_complete(), "C-MOVE over TLS: {report:?}");
+    assert_eq!((report.expected, report.received), (Some(1), 1));
+    assert_identical_in_store(&move_store, std::slice::from_ref(&cr_file));
+    let received: Vec<ScpEvent> = events.try_iter().collect();
+    assert_eq!(received.iter().filter(|e| matches!(e, ScpEvent::Stored { new: true, .. })).count(), 1, "{received:?}");
+    scp.shutdown();
+
+    // C-STORE SCU over TLS.
+    let (new_ct, _) = synthetic_studies(&work.path().join("synth-send"), "tls-store", 2);
+    let report = net::store_files(&node, &new_ct, &mut ignore_progress(), &never()).unwrap();
+    assert_eq!((report.sent, report.failed.len()), (2, 0), "{report:?}");
+    for f in &new_ct {
+        assert!(orthanc.has_instance(&info(f).sop_instance_uid), "{} not in Orthanc", f.display());
+    }
+
+    // Without our client certificate, Orthanc (which requires one) refuses us, naming TLS.
+    let anonymous = over_tls(orthanc.node(LUCENT_AET), &ca.cert_file, None);
+    let err = net::find_studies(&anonymous, &FindQuery::default(), &never()).unwrap_err();
+    assert!(
+        matches!(err, pacs::Error::Tls { .. } | pacs::Error::ConnectionLost { .. }),
+        "no client certificate: {err}"
+    );
+    assert!(err.to_string().contains(&anonymous.label()), "{err}");
+}
+
+#[test]
+fn dicom_tls_untrusted_certificates_and_tls_plain_mismatches_fail_clearly() {
+    let work = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(&work.path().join("pki"), "hospital");
+    let other_ca = TestCa::new(&work.path().join("pki-other"), "elsewhere");
+    let server = ca.issue("server");
+    let client = ca.issue("client");
+    let stranger = other_ca.issue("stranger");
+
+    // Lucent's own TLS SCP, requiring client certificates from the hospital CA.
+    let store_dir = work.path().join("store");
+    let config = tls_scp_config(0, &server, Some(&ca.cert_file), &[]);
+    let (scp, events) = net::start_scp(&config, &store_dir).unwrap();
+    let port = scp.local_addr().port();
+    let lucent = PacsNode::new("self", LUCENT_AET, "127.0.0.1", port, "LUCENT-SCU");
+    let good = over_tls(lucent.clone(), &ca.cert_file, Some(&client));
+    assert!(net::echo(&good).is_ok(), "{}", net::echo(&good));
+    // C-STORE over TLS into our SCP.
+    let (ct_files, _) = synthetic_studies(&work.path().join("synth"), "tls-scp", 3);
+    let report = net::store_files(&good, &ct_files, &mut ignore_progress(), &never()).unwrap();
+    assert_eq!((report.sent, report.failed.len()), (3, 0), "{report:?}");
+    assert_identical_in_store(&Store::open(&store_dir).unwrap(), &ct_files);
+
+    // A client trusting another CA refuses the server: a TLS error naming the peer.
+    let untrusting = over_tls(lucent.clone(), &other_ca.cert_file, Some(&client));
+    let started = Instant::now();
+    let err = net::find_studies(&untrusting, &FindQuery::default(), &never()).unwrap_err();
+    assert!(matches!(err, pacs::Error::Tls { .. }), "untrusted server: {err}");
+    let text = err.to_string();
+    eprintln!("client trusting another CA: {text}");
+    assert!(text.contains("TLS") && text.contains(&untrusting.label()), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    let verdict = net::echo(&untrusting);
+    assert!(matches!(&verdict, EchoVerdict::Failed { detail } if detail.contains("TLS")), "{verdict}");
+    // A client certificate from another CA is refused by the SCP.
+    let foreign = over_tls(lucent.clone(), &ca.cert_file, Some(&stranger));
+    let err = net::find_studies(&foreign, &FindQuery::default(), &never()).unwrap_err();
+    assert!(matches!(err, pacs::Error::Tls { .. } | pacs::Error::ConnectionLost { .. }), "foreign client: {err}");
+    // A plain client on the TLS port fails at once (no hang) and the SCP says why.
+    let mut plain = lucent.clone();
+    plain.dimse_timeout_s = 3.0;
+    let started = Instant::now();
+    let verdict = net::echo(&plain);
+    assert!(!verdict.is_ok(), "{verdict}");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    let rejected = std::iter::from_fn(|| events.recv_timeout(Duration::from_secs(5)).ok())
+        .find_map(|e| match e {
+            ScpEvent::Rejected { reason, .. } if reason.contains("did not start a TLS handshake") => Some(reason),
+            _ => None,
+        })
+        .expect("a Rejected event for the plain client");
+    assert!(rejected.contains("TLS"), "{rejected}");
+    // A client that connects and says nothing does not hold the SCP beyond its timeout, and the
+    // SCP keeps serving TLS clients meanwhile.
+    let silent = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    assert!(net::echo(&good).is_ok());
+    drop(silent);
+    // Closing before any handshake byte leaves no spinning thread behind: shutdown returns.
+    drop(std::net::TcpStream::connect(("127.0.0.1", port)).unwrap());
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    scp.shutdown();
+    assert!(started.elapsed() < Duration::from_secs(5), "shutdown took {:?}", started.elapsed());
+
+    // A TLS client against a plain SCP: a TLS error, quickly.
+    let plain_dir = work.path().join("store-plain");
+    let mut plain_config = ScpConfig::new(LUCENT_AET, 0);
+    plain_config.bind_address = "127.0.0.1".parse().unwrap();
+    let (plain_scp, _plain_events) = net::start_scp(&plain_config, &plain_dir).unwrap();
+    let mut tls_to_plain = over_tls(
+        PacsNode::new("plain", LUCENT_AET, "127.0.0.1", plain_scp.local_addr().port(), "LUCENT-SCU"),
+        &ca.cert_file,
+        None,
+    );
+    tls_to_plain.dimse_timeout_s = 3.0;
+    let started = Instant::now();
+    let err = net::find_studies(&tls_to_plain, &FindQuery::default(), &never()).unwrap_err();
+    assert!(matches!(err, pacs::Error::Tls { .. }), "TLS to a plain SCP: {err}");
+    assert!(err.to_string().contains(&tls_to_plain.label()), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    // Clients that close before their first message is whole (nothing, or half an A-ASSOCIATE-RQ)
+    // leave no thread behind: shutdown returns at once.
+    drop(std::net::TcpStream::connect(plain_scp.local_addr()).unwrap());
+    let mut half = std::net::TcpStream::connect(plain_scp.local_addr()).unwrap();
+    std::io::Write::write_all(&mut half, &[0x01, 0x00, 0x00, 0x00, 0x00, 0x44, 0x00, 0x01]).unwrap();
+    drop(half);
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    plain_scp.shutdown();
+    assert!(started.elapsed() < Duration::from_secs(5), "shutdown took {:?}", started.elapsed());
+
+    // Against Orthanc's TLS port: a client trusting another CA, and a plain client.
+    let tls = OrthancTls {
+        certificate: server.cert_file.clone(),
+        private_key: server.key_file.clone(),
+        trusted: ca.cert_file.clone(),
+        remote_certificate_required: false,
+    };
+    let Some(orthanc) = Orthanc::start_with_tls(&[Modality::new("lucent", LUCENT_AET, 1)], &tls) else { return };
+    let trusting = over_tls(orthanc.node(LUCENT_AET), &ca.cert_file, None);
+    assert!(net::echo(&trusting).is_ok(), "{}", net::echo(&trusting));
+    let untrusting = over_tls(orthanc.node(LUCENT_AET), &other_ca.cert_file, None);
+    let started = Instant::now();
+    let err = net::find_studies(&untrusting, &FindQuery::default(), &never()).unwrap_err();
+    assert!(matches!(err, pacs::Error::Tls { .. }), "untrusted Orthanc: {err}");
+    let text = err.to_string();
+    assert!(text.contains("TLS") && text.contains(&format!("127.0.0.1:{}", orthanc.dicom_port)), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    let mut plain = orthanc.node(LUCENT_AET);
+    plain.dimse_timeout_s = 3.0;
+    let started = Instant::now();
+    let verdict = net::echo(&plain);
+    assert!(!verdict.is_ok(), "plain C-ECHO on a TLS port: {verdict}");
+    assert!(started.elapsed() < Duration::from_secs(6), "took {:?}", started.elapsed());
+    eprintln!("plain client on Orthanc's TLS port: {verdict}");
 }

@@ -14,6 +14,8 @@ use pacs::import::{ImportOptions, ImportProgress, ImportSummary};
 pub enum Dialog {
     Files,
     Folder,
+    /// A labelled folder to evaluate models on (the *Model evaluation* window).
+    DataFolder,
 }
 
 /// Shows a native dialog on its own thread; the chosen paths arrive on the returned channel
@@ -25,6 +27,9 @@ pub fn pick(dialog: Dialog, repaint: Arc<dyn Fn() + Send + Sync>) -> std::io::Re
             Dialog::Files => rfd::FileDialog::new().set_title("Import DICOM files").pick_files().unwrap_or_default(),
             Dialog::Folder => {
                 rfd::FileDialog::new().set_title("Import a DICOM folder").pick_folder().into_iter().collect()
+            }
+            Dialog::DataFolder => {
+                rfd::FileDialog::new().set_title("Choose a labelled folder").pick_folder().into_iter().collect()
             }
         };
         let _ = tx.send(picked);

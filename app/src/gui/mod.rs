@@ -7,6 +7,7 @@
 pub mod ai_panel;
 pub mod bridge;
 pub mod browser;
+pub mod eval_panel;
 pub mod hanging;
 pub mod i18n;
 pub mod jobs;
@@ -153,6 +154,8 @@ pub struct LucentApp {
     pub measurements: std::collections::HashMap<String, Measurements>,
     pub pacs: pacs_panel::PacsPanel,
     pub reports: report_panel::ReportPanel,
+    /// The *Model evaluation* window (`lucent eval` for a QA lead).
+    pub eval: eval_panel::EvalPanel,
 }
 
 impl LucentApp {
@@ -205,6 +208,7 @@ impl LucentApp {
             measurements: std::collections::HashMap::new(),
             pacs,
             reports,
+            eval: eval_panel::EvalPanel::new(repaint.clone()),
         };
         if let Some(w) = pacs_warning {
             app.status = w;
@@ -740,6 +744,9 @@ impl LucentApp {
             if ui.button(lang.tr("QA")).clicked() {
                 self.reports.qa_open = !self.reports.qa_open;
             }
+            if ui.button(lang.tr("Evaluation")).clicked() {
+                self.eval.open = !self.eval.open;
+            }
             if ui.button(lang.tr("Settings")).clicked() {
                 self.settings_window.open = true;
             }
@@ -802,16 +809,17 @@ impl eframe::App for LucentApp {
         let mut report_out = self.reports.poll(now);
         let window_out = report_panel::report_window_ui(&ctx, &mut self.reports, lang);
         report_panel::qa_window_ui(&ctx, &mut self.reports, lang);
+        eval_panel::eval_window_ui(&ctx, &mut self.eval, lang);
         report_out.show_image = report_out.show_image.or(window_out.show_image);
-        report_out.send_file = report_out.send_file.or(window_out.send_file);
+        report_out.send_files.extend(window_out.send_files);
         if let Some(text) = report_out.status.or(window_out.status) {
             self.status = text;
         }
         if let Some((series_uid, sop_uid)) = report_out.show_image {
             self.show_image(&series_uid, &sop_uid);
         }
-        if let Some(file) = report_out.send_file {
-            self.pacs.send_files(vec![file]);
+        if !report_out.send_files.is_empty() {
+            self.pacs.send_files(report_out.send_files);
         }
         egui::Panel::top("toolbar").show(ui, |ui| self.toolbar_ui(ui));
         egui::Panel::bottom("status").show(ui, |ui| {

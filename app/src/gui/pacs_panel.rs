@@ -145,6 +145,11 @@ struct NodeEditor {
     host: String,
     port: String,
     our_ae_title: String,
+    /// DICOM TLS, and its files (PEM paths; empty: none).
+    tls: bool,
+    tls_ca: String,
+    tls_cert: String,
+    tls_key: String,
     base_url: String,
     auth: usize,
     user: String,
@@ -856,6 +861,10 @@ fn editor_for(peer: &Peer) -> NodeEditor {
             host: n.host.clone(),
             port: n.port.to_string(),
             our_ae_title: n.our_ae_title.clone(),
+            tls: n.tls,
+            tls_ca: path_text(n.tls_ca_file.as_deref()),
+            tls_cert: path_text(n.tls_cert_file.as_deref()),
+            tls_key: path_text(n.tls_key_file.as_deref()),
             timeout_s: n.dimse_timeout_s,
             ..NodeEditor::default()
         },
@@ -877,6 +886,16 @@ fn editor_for(peer: &Peer) -> NodeEditor {
             }
         }
     }
+}
+
+fn path_text(path: Option<&std::path::Path>) -> String {
+    path.map(|p| p.display().to_string()).unwrap_or_default()
+}
+
+/// A path typed in the editor (`None` when blank).
+fn typed_path(text: &str) -> Option<std::path::PathBuf> {
+    let text = text.trim();
+    (!text.is_empty()).then(|| std::path::PathBuf::from(text))
 }
 
 fn editor_ui(ctx: &egui::Context, p: &mut PacsPanel, lang: Lang) {
@@ -931,6 +950,20 @@ fn editor_ui(ctx: &egui::Context, p: &mut PacsPanel, lang: Lang) {
                 let label = ui.label(lang.tr("Our AE title"));
                 ui.text_edit_singleline(&mut e.our_ae_title).labelled_by(label.id);
                 ui.end_row();
+                ui.label("");
+                ui.checkbox(&mut e.tls, lang.tr("DICOM TLS (certificate verified)"));
+                ui.end_row();
+                if e.tls {
+                    for (text, hint, value) in [
+                        ("CA file (PEM)", "optional: the hospital's CA", &mut e.tls_ca),
+                        ("Client certificate (PEM)", "optional: for mutual TLS", &mut e.tls_cert),
+                        ("Client key (PEM)", "with the client certificate", &mut e.tls_key),
+                    ] {
+                        let label = ui.label(lang.tr(text));
+                        ui.add(egui::TextEdit::singleline(value).hint_text(hint)).labelled_by(label.id);
+                        ui.end_row();
+                    }
+                }
             }
             let label = ui.label(lang.tr("Timeout"));
             ui.add(egui::DragValue::new(&mut e.timeout_s).range(1.0..=600.0).suffix(" s")).labelled_by(label.id);
@@ -970,6 +1003,12 @@ fn editor_ui(ctx: &egui::Context, p: &mut PacsPanel, lang: Lang) {
                 Ok(port) => {
                     let mut node = PacsNode::new(&name, e.ae_title.trim(), e.host.trim(), port, e.our_ae_title.trim());
                     node.dimse_timeout_s = e.timeout_s;
+                    node.tls = e.tls;
+                    if e.tls {
+                        node.tls_ca_file = typed_path(&e.tls_ca);
+                        node.tls_cert_file = typed_path(&e.tls_cert);
+                        node.tls_key_file = typed_path(&e.tls_key);
+                    }
                     p.book.upsert(node).map_err(|err| err.to_string()).map(|()| p.book.web.retain(|n| n.name != name))
                 }
                 Err(_) => Err("the port must be a number from 1 to 65535".into()),

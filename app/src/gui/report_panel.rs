@@ -77,6 +77,11 @@ enum Request {
         name: String,
         role: Role,
     },
+    /// The statistics as CSV and the reviewers' marks for retraining (SR + JSONL) into `dir`.
+    ExportQa {
+        dir: PathBuf,
+        user: String,
+    },
 }
 
 enum Reply {
@@ -122,7 +127,8 @@ impl Worker {
                         }
                     },
                 };
-                let reply = handle(store, &mut bundles, request).unwrap_or_else(|e| Reply::Error(format!("{e:#}")));
+                let reply =
+                    handle(store, &store_dir, &mut bundles, request).unwrap_or_else(|e| Reply::Error(format!("{e:#}")));
                 if tx.send(reply).is_err() {
                     break;
                 }
@@ -141,7 +147,12 @@ fn versions_reply(store: &ReportStore, study_uid: &str) -> anyhow::Result<Reply>
     })
 }
 
-fn handle(store: &mut ReportStore, bundles: &mut Vec<StudyBundle>, request: Request) -> anyhow::Result<Reply> {
+fn handle(
+    store: &mut ReportStore,
+    store_dir: &Path,
+    bundles: &mut Vec<StudyBundle>,
+    request: Request,
+) -> anyhow::Result<Reply> {
     match request {
         Request::EnsureUser { name, role } => {
             match store.user(&name)? {
@@ -226,13 +237,14 @@ fn handle(store: &mut ReportStore, bundles: &mut Vec<StudyBundle>, request: Requ
                 pdf: Some(dir.join(format!("{stem}-{tag}.pdf"))),
                 sr: Some(dir.join(format!("{stem}-{tag}-sr.dcm"))),
                 fhir: Some(dir.join(format!("{stem}-{tag}-fhir.json"))),
+                pdf_dicom: Some(dir.join(format!("{stem}-{tag}-pdf.dcm"))),
             };
             let now = report::time::now_rfc3339();
             let written = reporting::write_exports(bundle, &source, &decisions, &paths, 0, &now)?;
             for (format, sha) in &written {
                 store.record_export(&user, &study_uid, format, source.status, sha, false)?;
             }
-            let files = [paths.pdf, paths.sr, paths.fhir].into_iter().flatten().collect();
+            let files = [paths.pdf, paths.sr, paths.fhir, paths.pdf_dicom].into_iter().flatten().collect();
             Ok(Reply::Exported { study_uid, files })
         }
         Request::Worklist => {
@@ -245,6 +257,22 @@ fn handle(store: &mut ReportStore, bundles: &mut Vec<StudyBundle>, request: Requ
             let decided = store.decided_findings()?;
             let stats = report::stats::compute(&decided);
             Ok(Reply::Worklist { decided, stats })
+        }
+        Request::ExportQa { dir, user } => {
+            use anyhow::Context as _;
+            let stats = report::stats::compute(&store.decided_findings()?);
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::write(dir.join("qa_statistics.csv"), report::stats::to_csv(&stats))?;
+            std::fs::write(dir.join("qa_score_histogram.csv"), report::stats::histogram_csv(&stats))?;
+            let marks_dir = dir.join("qa-marks");
+            let now = report::time::now_rfc3339();
+            let s = crate::qa_export::export_qa_marks(store, store_dir, &marks_dir, &user, &now)?;
+            Ok(Reply::Info(format!(
+                "Wrote qa_statistics.csv, qa_score_histogram.csv and {} review mark(s) ({} SR file(s) + marks.jsonl) to {}",
+                s.marks,
+                s.sr_files.len(),
+                dir.display()
+            )))
         }
     }
 }
@@ -317,6 +345,8 @@ pub struct ReportPanel {
     message: String,
     loading: bool,
     export_dir: PathBuf,
+    /// *Send SR to PACS* sends the Encapsulated PDF too.
+    send_pdf: bool,
     // QA
     decided: Vec<DecidedFinding>,
     stats: Vec<LabelStats>,
@@ -336,8 +366,9 @@ pub struct ReportPanel {
 pub struct ReportOutput {
     /// Show this image: (series UID, SOP Instance UID).
     pub show_image: Option<(String, String)>,
-    /// Send this file (the SR) to the PACS node chosen in the PACS window.
-    pub send_file: Option<PathBuf>,
+    /// Send these files (the SR, and the Encapsulated PDF when asked) to the PACS node chosen
+    /// in the PACS window.
+    pub send_files: Vec<PathBuf>,
     pub status: Option<String>,
 }
 
@@ -366,6 +397,7 @@ impl ReportPanel {
             message: String::new(),
             loading: false,
             export_dir: data_dir.join("exports"),
+            send_pdf: true,
             decided: Vec::new(),
             stats: Vec::new(),
             qa_label: String::new(),
@@ -448,6 +480,16 @@ impl ReportPanel {
     /// The findings with their decisions (QA review first), for the worklist.
     pub fn decided(&self) -> &[DecidedFinding] {
         &self.decided
+    }
+
+    /// The last status line of the report and QA windows.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Where exports are written.
+    pub fn export_dir(&self) -> &Path {
+        &self.export_dir
     }
 
     pub fn stats(&self) -> &[LabelStats] {
@@ -858,10 +900,15 @@ pub fn report_window_ui(ctx: &egui::Context, p: &mut ReportPanel, lang: Lang) ->
                     user: p.user.clone(),
                 });
             }
-            let sr = p.exported.iter().find(|f| f.to_string_lossy().ends_with("-sr.dcm")).cloned();
+            let exported = |suffix: &str| p.exported.iter().find(|f| f.to_string_lossy().ends_with(suffix)).cloned();
+            let (sr, pdf) = (exported("-sr.dcm"), exported("-pdf.dcm"));
             if ui.add_enabled(sr.is_some(), egui::Button::new(lang.tr("Send SR to PACS"))).clicked() {
-                out.send_file = sr;
+                out.send_files.extend(sr);
+                if p.send_pdf {
+                    out.send_files.extend(pdf);
+                }
             }
+            ui.checkbox(&mut p.send_pdf, lang.tr("with the PDF (Encapsulated PDF)"));
         });
         if signed {
             ui.horizontal(|ui| {
@@ -1068,17 +1115,12 @@ pub fn qa_window_ui(ctx: &egui::Context, p: &mut ReportPanel, lang: Lang) -> Rep
                 }
             });
             score_drift_ui(ui, &p.stats, lang);
-            if ui.button(lang.tr("Export CSV")).clicked() {
-                let dir = p.export_dir.clone();
-                let written = std::fs::create_dir_all(&dir)
-                    .and_then(|()| std::fs::write(dir.join("qa_statistics.csv"), report::stats::to_csv(&p.stats)))
-                    .and_then(|()| {
-                        std::fs::write(dir.join("qa_score_histogram.csv"), report::stats::histogram_csv(&p.stats))
-                    });
-                p.message = match written {
-                    Ok(()) => format!("Wrote qa_statistics.csv and qa_score_histogram.csv to {}", dir.display()),
-                    Err(e) => format!("Cannot write the CSV files: {e}"),
-                };
+            if ui
+                .button(lang.tr("Export statistics and review marks"))
+                .on_hover_text(lang.tr("CSV statistics, and the reviewers' marks as DICOM SR + JSONL for retraining"))
+                .clicked()
+            {
+                p.send(Request::ExportQa { dir: p.export_dir.clone(), user: p.user.trim().to_owned() });
             }
             if !p.message.is_empty() {
                 ui.label(&p.message);

@@ -3,16 +3,18 @@
 //! responses, status meanings, mapping upper-layer errors to [`Error`]).
 //!
 //! Associations are negotiated by `dicom-ul` ([`connect`] here for requestors, `scp` for
-//! acceptors); after that a [`Link`] owns a clone of the socket and reads PDUs itself, so that a
-//! data set is appended straight from the socket into its final buffer (a Part 10 file whose
+//! acceptors), over TLS for TLS nodes; after that a [`Link`] owns the connection (a
+//! [`Transport`]: the socket, or the TLS stream over it) and reads PDUs itself, so that a data
+//! set is appended straight from the connection into its final buffer (a Part 10 file whose
 //! header was written when the command arrived): no intermediate PDU copies, no quadratic
 //! growth. Every socket has TCP_NODELAY set and read/write timeouts: a silent peer gives
-//! [`Error::Timeout`].
+//! [`Error::Timeout`]. TLS failures give [`Error::Tls`].
 //!
 //! This module knows nothing of the store, queries or progress reporting.
 
 use std::io::{BufRead, BufReader, IoSlice, Read, Write};
 use std::net::TcpStream;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -26,6 +28,7 @@ use dicom_ul::pdu::PresentationContextResultReason;
 
 use super::node::PacsNode;
 use super::syntax::{IMPLICIT_VR_LE, Proposal};
+use super::tls::{self, Transport};
 use crate::error::{Error, Result};
 
 /// The largest P-DATA PDU Lucent accepts (and proposes): 1 MiB keeps the number of PDUs of a CT
@@ -320,10 +323,10 @@ pub(crate) enum Incoming {
     Released,
 }
 
-/// An established association, read and written directly on its socket.
+/// An established association, read and written directly on its connection.
 pub(crate) struct Link<'a> {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    /// The connection (written through `get_mut`, which leaves the read buffer alone).
+    reader: BufReader<Transport>,
     /// Bytes `dicom-ul` had buffered past the association PDU, read before the socket.
     prefix: Vec<u8>,
     prefix_pos: usize,
@@ -343,9 +346,9 @@ pub(crate) struct Link<'a> {
 }
 
 impl<'a> Link<'a> {
-    /// Wraps a negotiated association's socket: TCP_NODELAY, timeouts, and our own reader.
+    /// Wraps a negotiated association's connection: TCP_NODELAY, timeouts, and our own reader.
     pub(crate) fn new(
-        stream: TcpStream,
+        transport: Transport,
         prefix: Vec<u8>,
         contexts: Vec<Context>,
         peer_max_pdu: u32,
@@ -354,14 +357,13 @@ impl<'a> Link<'a> {
         cancel: Option<&'a AtomicBool>,
     ) -> Result<Self> {
         let net = |e: std::io::Error| Error::Network { peer: peer.clone(), detail: e.to_string() };
-        stream.set_nodelay(true).map_err(net)?;
+        let socket = transport.socket();
+        socket.set_nodelay(true).map_err(net)?;
         let slice = if cancel.is_some() { timeout.min(CANCEL_POLL) } else { timeout };
-        stream.set_read_timeout(Some(slice)).map_err(net)?;
-        stream.set_write_timeout(Some(slice)).map_err(net)?;
-        let writer = stream.try_clone().map_err(net)?;
+        socket.set_read_timeout(Some(slice)).map_err(net)?;
+        socket.set_write_timeout(Some(slice)).map_err(net)?;
         Ok(Self {
-            reader: BufReader::with_capacity(READ_BUFFER_BYTES, stream),
-            writer,
+            reader: BufReader::with_capacity(READ_BUFFER_BYTES, transport),
             prefix,
             prefix_pos: 0,
             peer,
@@ -458,7 +460,7 @@ impl<'a> Link<'a> {
 
     fn read_exact(&mut self, buf: &mut [u8], during: &'static str) -> Result<()> {
         if self.reader.buffer().len() < buf.len() {
-            quick_ack(&self.writer);
+            quick_ack(self.reader.get_ref().socket());
         }
         let mut filled = 0;
         if self.prefix_pos < self.prefix.len() {
@@ -498,7 +500,7 @@ impl<'a> Link<'a> {
         out.extend_from_slice(&buffered[..k]);
         self.reader.consume(k);
         while out.len() < target {
-            quick_ack(&self.writer);
+            quick_ack(self.reader.get_ref().socket());
             let want = (target - out.len()) as u64;
             let before = out.len();
             let result = if want >= DIRECT_READ_MIN_BYTES && self.reader.buffer().is_empty() {
@@ -642,25 +644,40 @@ impl<'a> Link<'a> {
         let mut slices = parts;
         let started = Instant::now();
         while !slices.is_empty() {
-            match self.writer.write_vectored(slices) {
+            match self.reader.get_mut().write_vectored(slices) {
                 Ok(0) => return Err(self.lost("the peer stopped accepting data")),
                 Ok(n) => IoSlice::advance_slices(&mut slices, n),
-                Err(e) if is_timeout(&e) => {
-                    if started.elapsed() >= self.timeout {
-                        return Err(Error::Timeout {
-                            peer: self.peer.clone(),
-                            timeout_s: self.timeout.as_secs_f64(),
-                            during: "sending",
-                        });
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.net(e)),
+                Err(e) => self.on_write_error(e, started)?,
+            }
+        }
+        // TLS may hold back encrypted bytes after a write that timed out: send them all now.
+        if !matches!(self.reader.get_ref(), Transport::Plain(_)) {
+            while let Err(e) = self.reader.get_mut().flush() {
+                self.on_write_error(e, started)?;
             }
         }
         // The peer's time to answer counts from what we just sent.
         self.last_progress = Instant::now();
         Ok(())
+    }
+
+    /// A failed write: retried (`Ok`) after a socket timeout slice or an interruption, until the
+    /// peer has refused data for the whole timeout.
+    fn on_write_error(&self, e: std::io::Error, started: Instant) -> Result<()> {
+        if is_timeout(&e) {
+            if started.elapsed() >= self.timeout {
+                return Err(Error::Timeout {
+                    peer: self.peer.clone(),
+                    timeout_s: self.timeout.as_secs_f64(),
+                    during: "sending",
+                });
+            }
+            return Ok(());
+        }
+        if e.kind() == std::io::ErrorKind::Interrupted {
+            return Ok(());
+        }
+        Err(self.net(e))
     }
 
     fn send_pdvs(&mut self, context: u8, command: bool, data: &[u8]) -> Result<()> {
@@ -717,14 +734,14 @@ impl<'a> Link<'a> {
                 }
             }
         }
-        let _ = self.writer.shutdown(std::net::Shutdown::Both);
+        self.reader.get_mut().close();
         Ok(())
     }
 
     /// Aborts the association (A-ABORT, service user) and closes the socket. Best effort.
     pub(crate) fn abort(mut self) {
         let _ = self.write_all(&[0x07, 0, 0, 0, 0, 4, 0, 0, 0, 0]);
-        let _ = self.writer.shutdown(std::net::Shutdown::Both);
+        self.reader.get_mut().close();
     }
 
     /// Reads a C-STORE-RQ's data set into a Part 10 file in memory: the file meta is written
@@ -805,8 +822,16 @@ fn is_timeout(e: &std::io::Error) -> bool {
     matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
 }
 
+/// The TLS error carried by an I/O error (rustls reports handshake failures and alerts so).
+fn rustls_cause(e: &std::io::Error) -> Option<&rustls::Error> {
+    e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>())
+}
+
 fn io_error(peer: &str, timeout: Duration, e: std::io::Error, during: &'static str) -> Error {
     use std::io::ErrorKind as K;
+    if let Some(tls) = rustls_cause(&e) {
+        return Error::Tls { peer: peer.to_owned(), detail: tls.to_string() };
+    }
     match e.kind() {
         K::ConnectionRefused => Error::ConnectionRefused { peer: peer.to_owned() },
         K::WouldBlock | K::TimedOut => {
@@ -818,6 +843,9 @@ fn io_error(peer: &str, timeout: Duration, e: std::io::Error, during: &'static s
         _ => Error::Network { peer: peer.to_owned(), detail: e.to_string() },
     }
 }
+
+/// What [`connect`] is doing while `dicom-ul` negotiates (in error messages).
+const REQUESTING: &str = "requesting the association";
 
 /// Turns a `dicom-ul` association error into ours, with the peer named.
 pub(crate) fn ul_error(e: dicom_ul::association::Error, peer: &str, timeout: Duration, during: &'static str) -> Error {
@@ -841,10 +869,14 @@ pub(crate) fn ul_error(e: dicom_ul::association::Error, peer: &str, timeout: Dur
             };
         }
         Ul::ConnectionClosed { .. } => {
-            return Error::ConnectionLost {
-                peer: peer.to_owned(),
-                detail: "the peer closed the connection".to_owned(),
+            let detail = if during == REQUESTING {
+                // What a DICOM TLS port (OpenSSL) does with a plain A-ASSOCIATE-RQ.
+                "the peer closed the connection without answering the association request (a DICOM TLS port? \
+                 then turn TLS on for this node)"
+            } else {
+                "the peer closed the connection"
             };
+            return Error::ConnectionLost { peer: peer.to_owned(), detail: detail.to_owned() };
         }
         Ul::Aborted { .. } => {
             return Error::ConnectionLost {
@@ -852,12 +884,48 @@ pub(crate) fn ul_error(e: dicom_ul::association::Error, peer: &str, timeout: Dur
                 detail: "the peer aborted the association".to_owned(),
             };
         }
+        Ul::TlsNotSupported => {
+            return Error::Tls {
+                peer: peer.to_owned(),
+                detail: "the other side speaks TLS and this side does not (check the TLS setting of both)".to_owned(),
+            };
+        }
         _ => {}
     }
-    // Find the I/O error underneath, if any.
+    // Find the TLS or I/O error underneath, if any.
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
     while let Some(err) = source {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Error::Tls { peer: peer.to_owned(), detail: tls.to_string() };
+        }
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if let Some(tls) = rustls_cause(io) {
+                return Error::Tls { peer: peer.to_owned(), detail: tls.to_string() };
+            }
+            if matches!(e, Ul::TlsHandshake { .. }) && !is_timeout(io) {
+                // The connection ended (or failed) inside the handshake: not a TLS peer?
+                return Error::Tls {
+                    peer: peer.to_owned(),
+                    detail: format!("handshake failed ({io}); does the peer speak DICOM TLS on this port?"),
+                };
+            }
+            if during == REQUESTING
+                && matches!(
+                    io.kind(),
+                    std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::UnexpectedEof
+                )
+            {
+                return Error::ConnectionLost {
+                    peer: peer.to_owned(),
+                    detail: format!(
+                        "{io}, without an answer to the association request (a DICOM TLS port? then turn TLS on \
+                         for this node)"
+                    ),
+                };
+            }
+            let during = if matches!(e, Ul::TlsHandshake { .. }) { "the TLS handshake" } else { during };
             return io_error(peer, timeout, std::io::Error::new(io.kind(), io.to_string()), during);
         }
         source = err.source();
@@ -866,7 +934,7 @@ pub(crate) fn ul_error(e: dicom_ul::association::Error, peer: &str, timeout: Dur
 }
 
 /// Opens an association to `node` proposing `proposals` (and the SCP role for `scp_role_classes`,
-/// as C-GET needs), then hands the socket to a [`Link`].
+/// as C-GET needs), over TLS for a TLS node, then hands the connection to a [`Link`].
 pub(crate) fn connect<'a>(
     node: &PacsNode,
     proposals: &[Proposal],
@@ -875,9 +943,6 @@ pub(crate) fn connect<'a>(
 ) -> Result<Link<'a>> {
     use dicom_ul::association::client::ClientAssociationOptions;
     node.validate()?;
-    if node.tls {
-        return Err(Error::TlsUnsupported { node: node.name.clone() });
-    }
     let peer = node.label();
     let mut options = ClientAssociationOptions::new()
         .calling_ae_title(node.our_ae_title.trim().to_owned())
@@ -893,16 +958,34 @@ pub(crate) fn connect<'a>(
     for class in scp_role_classes {
         options = options.with_role_selection(class.clone(), false, true);
     }
+    let timeout = node.dimse_timeout();
+    let address = (node.host.as_str(), node.port);
+    if node.tls {
+        let config = tls::client_config(node)?;
+        let name = tls::server_name(node)?;
+        let mut association = options
+            .tls_config(Arc::clone(&config))
+            .server_name(node.host.trim())
+            .establish_tls(address)
+            .map_err(|e| ul_error(e, &peer, timeout, REQUESTING))?;
+        let contexts = Context::accepted(association.presentation_contexts());
+        let peer_max_pdu = association.acceptor_max_pdu_length();
+        let prefix = association.get_mut().1.split().to_vec();
+        let stream = tls::take_client_stream(association.inner_stream(), &config, name)
+            .map_err(|e| io_error(&peer, timeout, e, "connecting"))?;
+        drop(association);
+        return Link::new(Transport::Client(Box::new(stream)), prefix, contexts, peer_max_pdu, peer, timeout, cancel);
+    }
     let mut association = options
-        .establish((node.host.as_str(), node.port))
-        .map_err(|e| ul_error(e, &peer, node.dimse_timeout(), "negotiating the association"))?;
+        .tls_config(tls::unused_client_config()?)
+        .establish(address)
+        .map_err(|e| ul_error(e, &peer, timeout, REQUESTING))?;
     let contexts = Context::accepted(association.presentation_contexts());
     let peer_max_pdu = association.acceptor_max_pdu_length();
-    let stream =
-        association.inner_stream().try_clone().map_err(|e| io_error(&peer, node.dimse_timeout(), e, "connecting"))?;
+    let stream = association.inner_stream().try_clone().map_err(|e| io_error(&peer, timeout, e, "connecting"))?;
     let prefix = association.get_mut().1.split().to_vec();
     drop(association);
-    Link::new(stream, prefix, contexts, peer_max_pdu, peer, node.dimse_timeout(), cancel)
+    Link::new(Transport::Plain(stream), prefix, contexts, peer_max_pdu, peer, timeout, cancel)
 }
 
 #[cfg(test)]

@@ -1,9 +1,9 @@
-//! PACS nodes the user configured (AE title, address, our AE title, timeouts), and the node book
-//! that keeps them in a JSON file, saved atomically.
+//! PACS nodes the user configured (AE title, address, our AE title, timeouts, DICOM TLS), and the
+//! node book that keeps them in a JSON file, saved atomically.
 //!
 //! This module only describes peers; it opens no connection.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -32,9 +32,21 @@ pub struct PacsNode {
     /// Time the peer may stay silent during an exchange (per read or write), seconds.
     #[serde(default = "default_dimse_timeout_s")]
     pub dimse_timeout_s: f64,
-    /// DICOM over TLS. Recorded, but this build refuses TLS nodes with [`Error::TlsUnsupported`].
+    /// DICOM over TLS (the association and everything after it). The peer's certificate is always
+    /// verified, for the server name [`host`](Self::host).
     #[serde(default)]
     pub tls: bool,
+    /// With TLS: a PEM file of extra trusted CA certificates (e.g. the hospital's CA), trusted
+    /// beside Mozilla's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// With TLS: our client certificate chain (PEM), for peers that require mutual TLS; needs
+    /// [`tls_key_file`](Self::tls_key_file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// With TLS: the private key (PEM) of [`tls_cert_file`](Self::tls_cert_file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<PathBuf>,
 }
 
 fn default_connect_timeout_s() -> f64 {
@@ -57,6 +69,9 @@ impl PacsNode {
             connect_timeout_s: DEFAULT_CONNECT_TIMEOUT_S,
             dimse_timeout_s: DEFAULT_DIMSE_TIMEOUT_S,
             tls: false,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 
@@ -65,7 +80,7 @@ impl PacsNode {
         format!("{}@{}:{}", self.ae_title, self.host, self.port)
     }
 
-    /// Checks the AE titles, address and timeouts.
+    /// Checks the AE titles, address, timeouts and the TLS client certificate pair.
     pub fn validate(&self) -> Result<()> {
         validate_ae_title(&self.ae_title, "the peer's AE title")?;
         validate_ae_title(&self.our_ae_title, "our AE title")?;
@@ -79,6 +94,9 @@ impl PacsNode {
             if !(value.is_finite() && value > 0.0 && value <= 86_400.0) {
                 return Err(invalid(format!("the {what} must be between 0 and 86400 s, got {value}")));
             }
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err(invalid("a TLS client certificate needs its private key, and back"));
         }
         Ok(())
     }
@@ -205,5 +223,21 @@ mod tests {
         assert!(PacsNode::new("x", "OK", "h", 1, "BAD\\AE").validate().is_err());
         assert!(PacsNode::new("x", "OK", "h", 0, "L").validate().is_err());
         assert!(PacsNode::new("x", "OK", "h", 1, "L").validate().is_ok());
+        let half = PacsNode { tls: true, tls_cert_file: Some("c.pem".into()), ..PacsNode::new("x", "OK", "h", 1, "L") };
+        assert!(half.validate().is_err());
+    }
+
+    #[test]
+    fn old_node_json_without_tls_files_still_loads() {
+        let json = r#"{"nodes": [{"name": "main", "ae_title": "ORTHANC", "host": "pacs", "port": 104,
+            "our_ae_title": "LUCENT", "tls": true}]}"#;
+        let book: NodeBook = serde_json::from_str(json).unwrap();
+        let node = &book.nodes[0];
+        assert!(node.tls);
+        assert_eq!((node.tls_ca_file.as_ref(), node.tls_cert_file.as_ref()), (None, None));
+        assert_eq!(node.dimse_timeout_s, DEFAULT_DIMSE_TIMEOUT_S);
+        // Unset files are not written out.
+        let text = serde_json::to_string(&book).unwrap();
+        assert!(!text.contains("tls_ca_file"), "{text}");
     }
 }

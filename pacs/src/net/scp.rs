@@ -8,19 +8,30 @@
 //! instance in the store. Every arrival, failure, echo and rejection is reported on a bounded
 //! channel: drain it (or drop the receiver); a full channel slows the SCP down, it never grows
 //! without bound. [`ScpHandle::shutdown`] (or dropping the handle) stops everything.
+//!
+//! With a certificate and key ([`ScpConfig::tls_cert_file`], [`ScpConfig::tls_key_file`]) the SCP
+//! speaks DICOM TLS only; with [`ScpConfig::tls_client_ca_file`] client certificates are
+//! required. A plain client on a TLS SCP, or a TLS client on a plain one, is refused at once with
+//! a `Rejected` event that says so.
+//!
+//! `dicom-ul` (with its TLS feature) loops forever when a connection ends before its first
+//! message is whole (it then tries to read the bytes it got as a TLS ClientHello). So a
+//! connection is handed to it only once its first message (the A-ASSOCIATE-RQ PDU, or the TLS
+//! ClientHello) has fully arrived, peeked at without being consumed; a client that closes, stays
+//! silent for the timeout, or starts with anything else is refused here.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, SendTimeoutError, Sender, bounded};
-use dicom_ul::association::server::{AccessControl, ServerAssociationOptions};
+use dicom_ul::association::server::{AccessControl, ServerAssociation, ServerAssociationOptions};
 use dicom_ul::association::{Association as _, SyncAssociation as _};
 use dicom_ul::pdu::{AssociationRJServiceUserReason, UserIdentity};
 use serde::{Deserialize, Serialize};
@@ -32,6 +43,7 @@ use super::dimse::{
 use super::echo::VERIFICATION_SOP_CLASS;
 use super::node::{seconds, validate_ae_title};
 use super::syntax::{STORAGE_SOP_CLASSES, is_storage_sop_class};
+use super::tls::{self, Transport};
 use crate::error::{Error, Result};
 use crate::store::Store;
 
@@ -54,6 +66,17 @@ pub struct ScpConfig {
     pub max_associations: usize,
     /// Capacity of the event channel.
     pub event_capacity: usize,
+    /// DICOM TLS: the SCP's certificate chain (PEM). With [`tls_key_file`](Self::tls_key_file)
+    /// the SCP accepts TLS connections only.
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// DICOM TLS: the private key (PEM) of [`tls_cert_file`](Self::tls_cert_file).
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
+    /// DICOM TLS: require client certificates issued by the CA certificates of this PEM file.
+    /// `None`: no client certificate is asked for.
+    #[serde(default)]
+    pub tls_client_ca_file: Option<PathBuf>,
 }
 
 impl ScpConfig {
@@ -68,6 +91,32 @@ impl ScpConfig {
             timeout_s: 30.0,
             max_associations: 16,
             event_capacity: 1024,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+        }
+    }
+
+    /// Whether the SCP speaks DICOM TLS.
+    pub fn tls(&self) -> bool {
+        self.tls_cert_file.is_some() || self.tls_key_file.is_some()
+    }
+
+    /// The TLS acceptor configuration, when TLS is on (checks the files now).
+    fn tls_config(&self) -> Result<Option<Arc<rustls::ServerConfig>>> {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (None, None) => {
+                if self.tls_client_ca_file.is_some() {
+                    return Err(Error::InvalidNode {
+                        reason: "a TLS client CA file needs the SCP's TLS certificate and key".to_owned(),
+                    });
+                }
+                Ok(None)
+            }
+            (Some(cert), Some(key)) => tls::server_config(cert, key, self.tls_client_ca_file.as_deref()).map(Some),
+            _ => Err(Error::InvalidNode {
+                reason: "the SCP's TLS certificate needs its private key, and back".to_owned(),
+            }),
         }
     }
 }
@@ -163,6 +212,7 @@ pub fn start_scp(config: &ScpConfig, store_root: &Path) -> Result<(ScpHandle, Re
     for ae in &config.allowed_calling_aes {
         validate_ae_title(ae, "an allowed calling AE title")?;
     }
+    let tls = config.tls_config()?;
     // Create the store (and fail early if it cannot be opened).
     drop(Store::open(store_root)?);
     let bind = SocketAddr::new(config.bind_address, config.port);
@@ -184,12 +234,19 @@ pub fn start_scp(config: &ScpConfig, store_root: &Path) -> Result<(ScpHandle, Re
     let root = store_root.to_path_buf();
     let listener_thread = std::thread::Builder::new()
         .name("lucent-scp".to_owned())
-        .spawn(move || listen(&listener, &config, &root, &events_tx, &thread_shared))
+        .spawn(move || listen(&listener, &config, tls.as_ref(), &root, &events_tx, &thread_shared))
         .map_err(|e| Error::Network { peer: format!("listener {local_addr}"), detail: e.to_string() })?;
     Ok((ScpHandle { local_addr, shared, listener: Some(listener_thread) }, events_rx))
 }
 
-fn listen(listener: &TcpListener, config: &ScpConfig, root: &Path, events: &Sender<ScpEvent>, shared: &Arc<Shared>) {
+fn listen(
+    listener: &TcpListener,
+    config: &ScpConfig,
+    tls: Option<&Arc<rustls::ServerConfig>>,
+    root: &Path,
+    events: &Sender<ScpEvent>,
+    shared: &Arc<Shared>,
+) {
     for connection in listener.incoming() {
         if shared.stop.load(Ordering::SeqCst) {
             break;
@@ -223,10 +280,10 @@ fn listen(listener: &TcpListener, config: &ScpConfig, root: &Path, events: &Send
             sockets.insert(id, clone);
         }
         shared.active.fetch_add(1, Ordering::SeqCst);
-        let (config, root, events, thread_shared) =
-            (config.clone(), root.to_path_buf(), events.clone(), Arc::clone(shared));
+        let (config, tls, root, events, thread_shared) =
+            (config.clone(), tls.cloned(), root.to_path_buf(), events.clone(), Arc::clone(shared));
         let spawned = std::thread::Builder::new().name(format!("lucent-scp-assoc-{id}")).spawn(move || {
-            serve(stream, &config, &root, &events, &thread_shared);
+            serve(stream, &config, tls.as_ref(), &root, &events, &thread_shared);
             if let Ok(mut sockets) = thread_shared.sockets.lock() {
                 sockets.remove(&id);
             }
@@ -304,8 +361,28 @@ impl AccessControl for AllowList {
     }
 }
 
+/// What the Link needs from a negotiated association: calling AE title, accepted contexts, the
+/// requestor's largest PDU, and the bytes `dicom-ul` read past the A-ASSOCIATE-RQ.
+fn negotiated<S>(association: &mut ServerAssociation<S>) -> (String, Vec<Context>, u32, Vec<u8>)
+where
+    S: std::io::Read + std::io::Write + dicom_ul::association::CloseSocket,
+{
+    let calling_ae = association.peer_ae_title().trim().to_owned();
+    let contexts = Context::accepted(association.presentation_contexts());
+    let peer_max_pdu = association.requestor_max_pdu_length();
+    let prefix = association.get_mut().1.split().to_vec();
+    (calling_ae, contexts, peer_max_pdu, prefix)
+}
+
 /// One association, from negotiation to release.
-fn serve(stream: TcpStream, config: &ScpConfig, root: &Path, events: &Sender<ScpEvent>, shared: &Shared) {
+fn serve(
+    stream: TcpStream,
+    config: &ScpConfig,
+    tls: Option<&Arc<rustls::ServerConfig>>,
+    root: &Path,
+    events: &Sender<ScpEvent>,
+    shared: &Shared,
+) {
     let address = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "unknown address".to_owned());
     let timeout = seconds(config.timeout_s);
     let refused = Rc::new(RefCell::new(None));
@@ -326,31 +403,55 @@ fn serve(stream: TcpStream, config: &ScpConfig, root: &Path, events: &Sender<Scp
         options = options.with_abstract_syntax(*class);
     }
     let _ = stream.set_nodelay(true);
-    let mut association = match options.establish(stream) {
-        Ok(a) => a,
-        Err(e) => {
-            let (calling_ae, reason) = refused.borrow_mut().take().unwrap_or_else(|| {
-                (String::new(), dimse::ul_error(e, &address, timeout, "negotiating the association").to_string())
-            });
+    let reject = |reason: String| {
+        if !shared.stop.load(Ordering::SeqCst) {
+            emit(events, shared, ScpEvent::Rejected { calling_ae: String::new(), reason });
+        }
+    };
+    let refusal = |e: dicom_ul::association::Error| {
+        refused.borrow_mut().take().unwrap_or_else(|| {
+            (String::new(), dimse::ul_error(e, &address, timeout, "negotiating the association").to_string())
+        })
+    };
+    // Negotiate (over TLS when configured), then take the connection out of `dicom-ul`.
+    let handed = match tls {
+        None => {
+            if let Err(reason) = wait_for_first_message(&stream, timeout, &shared.stop, association_request_ready) {
+                reject(format!("{address}: {reason}"));
+                return;
+            }
+            options.establish(stream).map_err(refusal).and_then(|mut association| {
+                let (calling_ae, contexts, peer_max_pdu, prefix) = negotiated(&mut association);
+                let socket = association.inner_stream().try_clone().map_err(|e| (calling_ae.clone(), e.to_string()))?;
+                Ok((calling_ae, contexts, peer_max_pdu, prefix, Transport::Plain(socket)))
+            })
+        }
+        Some(tls_config) => {
+            if let Err(reason) = wait_for_first_message(&stream, timeout, &shared.stop, client_hello_ready) {
+                reject(format!("{address}: {reason}"));
+                return;
+            }
+            options.tls_config(Arc::clone(tls_config)).establish_tls(stream).map_err(refusal).and_then(
+                |mut association| {
+                    let (calling_ae, contexts, peer_max_pdu, prefix) = negotiated(&mut association);
+                    let stream = tls::take_server_stream(association.inner_stream(), tls_config)
+                        .map_err(|e| (calling_ae.clone(), e.to_string()))?;
+                    Ok((calling_ae, contexts, peer_max_pdu, prefix, Transport::Server(Box::new(stream))))
+                },
+            )
+        }
+    };
+    let (calling_ae, contexts, peer_max_pdu, prefix, transport) = match handed {
+        Ok(handed) => handed,
+        Err((calling_ae, reason)) => {
             if !shared.stop.load(Ordering::SeqCst) {
                 emit(events, shared, ScpEvent::Rejected { calling_ae, reason });
             }
             return;
         }
     };
-    let calling_ae = association.peer_ae_title().trim().to_owned();
     let peer = format!("{calling_ae}@{address}");
-    let contexts = Context::accepted(association.presentation_contexts());
-    let peer_max_pdu = association.requestor_max_pdu_length();
-    let link = association
-        .inner_stream()
-        .try_clone()
-        .map_err(|e| Error::Network { peer: peer.clone(), detail: e.to_string() })
-        .and_then(|s| {
-            let prefix = association.get_mut().1.split().to_vec();
-            Link::new(s, prefix, contexts, peer_max_pdu, peer.clone(), timeout, None)
-        });
-    drop(association);
+    let link = Link::new(transport, prefix, contexts, peer_max_pdu, peer, timeout, None);
     let mut tally = (0usize, 0usize);
     let result = link.and_then(|mut link| {
         let result = serve_link(&mut link, &calling_ae, root, events, shared, &mut tally);
@@ -365,6 +466,117 @@ fn serve(stream: TcpStream, config: &ScpConfig, root: &Path, events: &Sender<Scp
         Err(e) => Some(e.to_string()),
     };
     emit(events, shared, ScpEvent::Ended { calling_ae, stored: tally.0, failed: tally.1, error });
+}
+
+/// Whether the bytes a client sent so far hold its whole first message.
+enum FirstMessage {
+    Whole,
+    Partial,
+    Refused(String),
+}
+
+/// How often a wait for a first message looks at the stop flag.
+const STOP_POLL: Duration = Duration::from_millis(200);
+
+/// The largest first message waited for.
+const MAX_FIRST_MESSAGE: usize = 256 * 1024;
+
+/// Waits, peeking without consuming, until `ready` finds the client's whole first message on
+/// the socket; refuses a client that closes first, stays silent for `timeout`, or sends
+/// something else (see the module docs). Gives up when `stop` is set. (A client that closes
+/// after part of its message cannot be told from a slow one by peeking: it waits out the
+/// timeout, sleeping.)
+fn wait_for_first_message(
+    stream: &TcpStream,
+    timeout: Duration,
+    stop: &AtomicBool,
+    ready: fn(&[u8]) -> FirstMessage,
+) -> std::result::Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let mut buf = vec![0u8; MAX_FIRST_MESSAGE];
+    let mut seen = 0;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let silent = || format!("no complete first message within {:.1} s", timeout.as_secs_f64());
+        if left.is_zero() {
+            return Err(silent());
+        }
+        if stop.load(Ordering::SeqCst) {
+            return Err("the SCP is shutting down".to_owned());
+        }
+        stream.set_read_timeout(Some(left.min(STOP_POLL))).map_err(|e| e.to_string())?;
+        let n = match stream.peek(&mut buf) {
+            Ok(0) => return Err("the client closed the connection before its first message".to_owned()),
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.to_string()),
+        };
+        match ready(&buf[..n]) {
+            FirstMessage::Whole => return Ok(()),
+            FirstMessage::Refused(reason) => return Err(reason),
+            FirstMessage::Partial if n >= buf.len() => return Err("the first message is too large".to_owned()),
+            FirstMessage::Partial => {}
+        }
+        if n == seen {
+            // Peeking returns at once while data waits: give the rest time to arrive.
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        seen = n;
+    }
+}
+
+/// A plain SCP's first message: an A-ASSOCIATE-RQ PDU (type 0x01, 6-byte header).
+fn association_request_ready(bytes: &[u8]) -> FirstMessage {
+    match bytes.first() {
+        Some(0x16) => {
+            return FirstMessage::Refused(
+                "TLS failed: the client started a TLS handshake, and this SCP does not speak TLS".to_owned(),
+            );
+        }
+        Some(0x01) | None => {}
+        Some(other) => {
+            return FirstMessage::Refused(format!(
+                "the first message is not an A-ASSOCIATE-RQ (PDU type {other:#04x})"
+            ));
+        }
+    }
+    if bytes.len() < 6 {
+        return FirstMessage::Partial;
+    }
+    let len = u32::from_be_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]) as usize;
+    if len + 6 > MAX_FIRST_MESSAGE {
+        return FirstMessage::Refused(format!("A-ASSOCIATE-RQ of {len} bytes refused"));
+    }
+    if bytes.len() >= 6 + len { FirstMessage::Whole } else { FirstMessage::Partial }
+}
+
+/// A TLS SCP's first message: a ClientHello, in one or more handshake records (type 0x16).
+fn client_hello_ready(bytes: &[u8]) -> FirstMessage {
+    if bytes.first().is_some_and(|&b| b != 0x16) {
+        return FirstMessage::Refused(
+            "TLS failed: the client did not start a TLS handshake (plain DICOM on the TLS port?)".to_owned(),
+        );
+    }
+    // The handshake bytes of the complete records so far.
+    let mut handshake = Vec::new();
+    let mut pos = 0;
+    while pos + 5 <= bytes.len() && bytes[pos] == 0x16 {
+        let len = usize::from(u16::from_be_bytes([bytes[pos + 3], bytes[pos + 4]]));
+        if pos + 5 + len > bytes.len() {
+            break;
+        }
+        handshake.extend_from_slice(&bytes[pos + 5..pos + 5 + len]);
+        pos += 5 + len;
+    }
+    if handshake.len() < 4 {
+        return FirstMessage::Partial;
+    }
+    let need = 4 + (usize::from(handshake[1]) << 16 | usize::from(handshake[2]) << 8 | usize::from(handshake[3]));
+    if need > MAX_FIRST_MESSAGE / 2 {
+        return FirstMessage::Refused("TLS failed: the ClientHello is too large".to_owned());
+    }
+    if handshake.len() >= need { FirstMessage::Whole } else { FirstMessage::Partial }
 }
 
 fn serve_link(
@@ -455,5 +667,58 @@ fn store_received(store: &mut Store, received: dimse::Received, calling_ae: &str
     match written {
         Ok(_) => (STATUS_SUCCESS, stored(true)),
         Err(e) => failed(STATUS_OUT_OF_RESOURCES, e.to_string(), &info.sop_instance_uid),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is(m: FirstMessage, want: &str) -> bool {
+        match m {
+            FirstMessage::Whole => want == "whole",
+            FirstMessage::Partial => want == "partial",
+            FirstMessage::Refused(reason) => want == "refused" && !reason.is_empty(),
+        }
+    }
+
+    #[test]
+    fn first_messages_are_waited_for_whole_and_mismatches_refused() {
+        // A-ASSOCIATE-RQ: header, then 4 bytes of body.
+        let rq = [0x01, 0x00, 0x00, 0x00, 0x00, 0x04, 1, 2, 3, 4];
+        assert!(is(association_request_ready(&rq[..3]), "partial"));
+        assert!(is(association_request_ready(&rq[..8]), "partial"));
+        assert!(is(association_request_ready(&rq), "whole"));
+        assert!(is(association_request_ready(&[0x16, 0x03, 0x01]), "refused"));
+        assert!(is(association_request_ready(&[0x07, 0x00]), "refused"));
+        // ClientHello (handshake type 1, 6 bytes of body) split over two records.
+        let hello = [
+            0x16, 0x03, 0x01, 0x00, 0x05, 0x01, 0x00, 0x00, 0x06, 0xAA, // record 1: 5 bytes
+            0x16, 0x03, 0x01, 0x00, 0x05, 0xBB, 0xCC, 0xDD, 0xEE, 0xFF, // record 2: 5 bytes
+        ];
+        assert!(is(client_hello_ready(&hello[..7]), "partial"));
+        assert!(is(client_hello_ready(&hello[..10]), "partial"));
+        assert!(is(client_hello_ready(&hello[..19]), "partial"));
+        assert!(is(client_hello_ready(&hello), "whole"));
+        assert!(is(client_hello_ready(&rq), "refused"));
+        let huge = [0x16, 0x03, 0x01, 0x00, 0x04, 0x01, 0xFF, 0xFF, 0xFF];
+        assert!(is(client_hello_ready(&huge), "refused"));
+    }
+
+    #[test]
+    fn tls_needs_both_certificate_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = ScpConfig::new("LUCENT", 0);
+        config.bind_address = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        config.tls_cert_file = Some(dir.path().join("missing.pem"));
+        assert!(matches!(start_scp(&config, dir.path()), Err(Error::InvalidNode { .. })));
+        config.tls_key_file = Some(dir.path().join("missing.key"));
+        // Both given, but the files do not exist: an I/O error naming the file.
+        let err = start_scp(&config, dir.path()).err().unwrap();
+        assert!(err.to_string().contains("missing.pem"), "{err}");
+        config.tls_cert_file = None;
+        config.tls_key_file = None;
+        config.tls_client_ca_file = Some(dir.path().join("ca.pem"));
+        assert!(matches!(start_scp(&config, dir.path()), Err(Error::InvalidNode { .. })));
     }
 }

@@ -1,10 +1,11 @@
 //! Helpers shared by the network tests (DIMSE and DICOMweb): the throw-away Orthanc and DCMTK
-//! ([`orthanc`]), the compressed test files, and checks that what arrived in a store is what was
-//! sent.
+//! ([`orthanc`]), throw-away certificates for DICOM TLS ([`tls`]), the compressed test files, and
+//! checks that what arrived in a store is what was sent.
 
 #![allow(dead_code)] // each test binary uses part of it
 
 pub mod orthanc;
+pub mod tls;
 
 use std::path::PathBuf;
 

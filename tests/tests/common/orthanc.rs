@@ -1,6 +1,8 @@
 //! A throw-away Orthanc for tests: started by hand on free loopback ports with its own JSON
 //! configuration, storage and index in a temporary folder; talked to over its REST API with a
 //! minimal HTTP/1.1 client; killed by PID when dropped. DCMTK tools are found the same way.
+//! [`Orthanc::start_with_tls`] makes its DICOM port speak DICOM TLS only (its REST API stays
+//! plain HTTP), and modalities marked [`Modality::with_tls`] are called over TLS.
 //!
 //! Without the Orthanc binary (or DCMTK) a test skips with a message, unless
 //! `LUCENT_REQUIRE_TEST_DATA=1` makes that a failure (as for the test corpora).
@@ -52,18 +54,36 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// A DICOM peer Orthanc should know: (name, AE title, port on 127.0.0.1).
+/// A DICOM peer Orthanc should know: (name, AE title, port on 127.0.0.1, whether over TLS).
 #[derive(Debug, Clone)]
 pub struct Modality {
     pub name: String,
     pub aet: String,
     pub port: u16,
+    pub tls: bool,
 }
 
 impl Modality {
     pub fn new(name: &str, aet: &str, port: u16) -> Self {
-        Self { name: name.to_owned(), aet: aet.to_owned(), port }
+        Self { name: name.to_owned(), aet: aet.to_owned(), port, tls: false }
     }
+
+    /// Orthanc calls this peer over DICOM TLS (C-MOVE deliveries included).
+    pub fn with_tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+}
+
+/// DICOM TLS of a test Orthanc (PEM files): its certificate and key (also presented as a client
+/// certificate when it calls TLS modalities), the CA certificates it trusts for its peers, and
+/// whether peers calling it must present a certificate.
+#[derive(Debug, Clone)]
+pub struct OrthancTls {
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+    pub trusted: PathBuf,
+    pub remote_certificate_required: bool,
 }
 
 /// A running Orthanc.
@@ -80,24 +100,38 @@ pub struct Orthanc {
 impl Orthanc {
     /// Starts Orthanc in a new temporary folder, or returns `None` when it is not installed.
     pub fn start(modalities: &[Modality]) -> Option<Self> {
+        Self::start_with(modalities, None)
+    }
+
+    /// [`Orthanc::start`] with its DICOM port speaking DICOM TLS only.
+    pub fn start_with_tls(modalities: &[Modality], tls: &OrthancTls) -> Option<Self> {
+        Self::start_with(modalities, Some(tls))
+    }
+
+    fn start_with(modalities: &[Modality], tls: Option<&OrthancTls>) -> Option<Self> {
         let binary = orthanc_binary()?;
         let temp = tempfile::tempdir().unwrap();
         let dir = temp.path().to_path_buf();
         let mut orthanc =
             Self { binary, dir, dicom_port: free_port(), http_port: free_port(), child: None, _temp: Some(temp) };
-        orthanc.write_config(modalities);
+        orthanc.write_config(modalities, tls);
         orthanc.launch();
         Some(orthanc)
     }
 
-    fn write_config(&self, modalities: &[Modality]) {
+    fn write_config(&self, modalities: &[Modality], tls: Option<&OrthancTls>) {
         let storage = self.dir.join("storage");
         let plugin = Path::new("/usr/share/orthanc/plugins/libOrthancDicomWeb.so");
         let mut known = serde_json::Map::new();
         for m in modalities {
-            known.insert(m.name.clone(), serde_json::json!([m.aet, "127.0.0.1", m.port]));
+            let entry = if m.tls {
+                serde_json::json!({ "AET": m.aet, "Host": "127.0.0.1", "Port": m.port, "UseDicomTls": true })
+            } else {
+                serde_json::json!([m.aet, "127.0.0.1", m.port])
+            };
+            known.insert(m.name.clone(), entry);
         }
-        let config = serde_json::json!({
+        let mut config = serde_json::json!({
             "Name": "LUCENT-TEST",
             "StorageDirectory": storage,
             "IndexDirectory": storage,
@@ -121,6 +155,18 @@ impl Orthanc {
             "ConcurrentJobs": 2,
             "LogExportedResources": false,
         });
+        if let Some(tls) = tls {
+            let options = serde_json::json!({
+                "DicomTlsEnabled": true,
+                "DicomTlsCertificate": tls.certificate,
+                "DicomTlsPrivateKey": tls.private_key,
+                "DicomTlsTrustedCertificates": tls.trusted,
+                "DicomTlsRemoteCertificateRequired": tls.remote_certificate_required,
+            });
+            for (key, value) in options.as_object().unwrap() {
+                config[key] = value.clone();
+            }
+        }
         std::fs::write(self.dir.join("orthanc.json"), serde_json::to_string_pretty(&config).unwrap()).unwrap();
     }
 

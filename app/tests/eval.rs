@@ -1,0 +1,237 @@
+//! `lucent eval` end to end: the model card's synthetic figures are reproduced from a freshly
+//! generated test set, the NIH figures from `../shared/data` (when present), and the CT path runs
+//! the toy detector on a tiny synthetic volume.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use pacs::synth::{self, CtSeriesSpec, Nodule, NoduleKind};
+
+fn lucent(home: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lucent"));
+    cmd.arg("--store").arg(home.join("store")).env("HOME", home).env_remove("LUCENT_STORE");
+    cmd
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The ONNX Runtime library this test process found, for child processes whose HOME is a temp dir.
+fn have_runtime() -> bool {
+    if let Ok(runtime) = inference::runtime::runtime() {
+        // SAFETY of intent: tests set it once, to the same value, before spawning children.
+        unsafe { std::env::set_var("LUCENT_ORT_LIB", runtime.library()) };
+        return true;
+    }
+    assert!(std::env::var("LUCENT_REQUIRE_TEST_DATA").is_err(), "ONNX Runtime is missing: run cargo xtask setup");
+    eprintln!("SKIP: ONNX Runtime is not installed");
+    false
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn card() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(repo().join("models/lucent-cxr/metrics.json")).unwrap()).unwrap()
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn f(v: &serde_json::Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+/// The labels of `lucent eval`'s JSON for one model, by manifest label.
+fn labels_of<'a>(report: &'a serde_json::Value, model: &str) -> Vec<&'a serde_json::Value> {
+    let m = report["models"].as_array().unwrap().iter().find(|m| m["model_id"] == model).unwrap();
+    m["labels"].as_array().unwrap().iter().collect()
+}
+
+/// Tolerances, and why: every number is recomputed on the very images the card used (the generator
+/// is deterministic: same seed, size and count; NIH: the same files) through the same Lucent
+/// pipeline, and `inference::eval` repeats `cxr.py`'s arithmetic: Mann–Whitney AUROC, and the
+/// bootstrap with numpy's own generator (`default_rng(0)`, the same 2000 resamples) and percentile
+/// rule. So AUROC and the interval bounds agreed to 1e-16 when this test was written; 1e-3 leaves
+/// room for another ONNX Runtime build moving a score in the sixth decimal and reordering a tie,
+/// nothing more. Sensitivity and specificity allow one case of the class to cross the threshold.
+const POINT_TOL: f64 = 1e-3;
+const CI_TOL: f64 = 1e-3;
+
+const KEYS: [(&str, &str); 6] = [
+    ("Nodule", "nodule"),
+    ("Consolidation", "consolidation"),
+    ("Pleural effusion", "effusion"),
+    ("Interstitial opacity", "interstitial_opacity"),
+    ("Pneumothorax", "pneumothorax"),
+    ("Abnormal", "abnormal"),
+];
+
+fn assert_close(what: &str, got: f64, want: f64, tol: f64) {
+    assert!((got - want).abs() <= tol, "{what}: lucent eval {got}, model card {want} (tolerance {tol})");
+}
+
+#[test]
+fn lucent_eval_reproduces_the_model_cards_synthetic_figures() {
+    if !have_runtime() {
+        return;
+    }
+    let card = card();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("lucent-cxr-test");
+    let count = card["counts"]["test"].as_u64().unwrap().to_string();
+    // The card's hold-out set, regenerated: `cxr.py` uses seed `lucent-cxr-test` at 512 pixels.
+    run_ok(
+        lucent(tmp.path())
+            .args(["synth-cxr", "--seed", "lucent-cxr-test", "--size", "512", "--count", &count, "--out"])
+            .arg(&data),
+    );
+    let json = tmp.path().join("eval.json");
+    let text = run_ok(
+        lucent(tmp.path()).args(["eval", "--model", "lucent-cxr", "--data"]).arg(&data).arg("--json").arg(&json),
+    );
+    eprintln!("{text}");
+    assert!(text.contains("AUROC (95% CI)") && text.contains("Consolidation"), "{text}");
+    let report = read_json(&json);
+    assert_eq!(report["models"][0]["cases"].as_u64().unwrap().to_string(), count);
+    let labels = labels_of(&report, "lucent-cxr");
+    for (name, key) in KEYS {
+        let want = &card["synthetic_test"][key];
+        let got = labels.iter().find(|l| l["label"] == name).unwrap_or_else(|| panic!("{name} missing"));
+        assert_eq!(got["positives"], want["positives"], "{name}");
+        assert_eq!(got["negatives"], want["negatives"], "{name}");
+        assert_close(&format!("{name} AUROC"), f(&got["auroc"]), f(&want["auroc"]), POINT_TOL);
+        let (pos, neg) = (f(&want["positives"]), f(&want["negatives"]));
+        assert_close(&format!("{name} sensitivity"), f(&got["sensitivity"]), f(&want["sensitivity"]), 1.0 / pos + 1e-9);
+        assert_close(&format!("{name} specificity"), f(&got["specificity"]), f(&want["specificity"]), 1.0 / neg + 1e-9);
+        for b in 0..2 {
+            assert_close(&format!("{name} CI bound {b}"), f(&got["auroc_ci95"][b]), f(&want["auroc_ci95"][b]), CI_TOL);
+        }
+        assert_close(&format!("{name} threshold"), f(&got["threshold"]), f(&card["thresholds"][key]), 1e-6);
+    }
+    let png = image::open(json.with_extension("png")).unwrap();
+    assert!(png.width() >= 600 && png.height() >= 500);
+}
+
+#[test]
+fn lucent_eval_matches_the_model_cards_nih_figures() {
+    if !have_runtime() {
+        return;
+    }
+    // Real data is never required (a fresh clone does not have it), as in tests/src/lib.rs.
+    let base = std::env::var_os("LUCENT_REAL_DATA").map(PathBuf::from).unwrap_or_else(|| repo().join("../shared/data"));
+    let data = base.join("cxr-nih-dev");
+    if !data.join("labels.csv").is_file() {
+        eprintln!("SKIP: real data {} is absent", data.display());
+        return;
+    }
+    let card = card();
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("nih.json");
+    // No --model: every applicable model (the bundled one; test-only models are left out).
+    let text = run_ok(lucent(tmp.path()).arg("eval").arg("--data").arg(&data).arg("--json").arg(&json));
+    eprintln!("{text}");
+    assert!(text.contains("not labelled: Interstitial opacity"), "Infiltration is not mapped: {text}");
+    let report = read_json(&json);
+    assert!(report["models"].as_array().unwrap().iter().all(|m| m["model_id"] != "lucent-test-cxr"));
+    let labels = labels_of(&report, "lucent-cxr");
+    // The card's rows that use the same reference as `lucent eval`'s label mapping.
+    let rows = [
+        ("Nodule", "Nodule"),
+        ("Consolidation", "Consolidation"),
+        ("Pleural effusion", "Effusion"),
+        ("Pneumothorax", "Pneumothorax"),
+        ("Abnormal", "any finding (not `no_finding`)"),
+    ];
+    for (name, nih) in rows {
+        let want =
+            card["nih"].as_array().unwrap().iter().find(|r| r["model_label"] == name && r["nih_label"] == nih).unwrap();
+        let got = labels.iter().find(|l| l["label"] == name).unwrap_or_else(|| panic!("{name} missing"));
+        assert_eq!(got["positives"], want["positives"], "{name}");
+        assert_eq!(got["negatives"], want["negatives"], "{name}");
+        assert_close(&format!("NIH {name} AUROC"), f(&got["auroc"]), f(&want["auroc"]), POINT_TOL);
+        let (pos, neg) = (f(&want["positives"]), f(&want["negatives"]));
+        assert_close(
+            &format!("NIH {name} sensitivity"),
+            f(&got["sensitivity"]),
+            f(&want["sensitivity"]),
+            1.0 / pos + 1e-9,
+        );
+        assert_close(
+            &format!("NIH {name} specificity"),
+            f(&got["specificity"]),
+            f(&want["specificity"]),
+            1.0 / neg + 1e-9,
+        );
+        for b in 0..2 {
+            assert_close(&format!("NIH {name} CI {b}"), f(&got["auroc_ci95"][b]), f(&want["auroc_ci95"][b]), CI_TOL);
+        }
+    }
+}
+
+#[test]
+fn lucent_eval_runs_a_ct_detector_and_reports_froc() {
+    if !have_runtime() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("ct-set");
+    let mut with = CtSeriesSpec { noise_hu: 5.0, ..CtSeriesSpec::chest("eval-ct-a", 40, 96) };
+    with.origin_mm[2] = -200.0;
+    with.nodules = vec![Nodule { center_mm: [-70.0, -10.0, -150.0], diameter_mm: 12.0, kind: NoduleKind::Solid }];
+    synth::write_ct_series(&data.join("a"), &with).unwrap();
+    let mut without = CtSeriesSpec { noise_hu: 5.0, ..CtSeriesSpec::chest("eval-ct-b", 40, 96) };
+    without.origin_mm[2] = -200.0;
+    synth::write_ct_series(&data.join("b"), &without).unwrap();
+    std::fs::write(data.join("nodules.csv"), "series,x,y,z,diameter_mm\na,-70,-10,-150,12\nb,,,,\n").unwrap();
+    let json = tmp.path().join("ct.json");
+    let text = run_ok(
+        lucent(tmp.path())
+            .args(["eval", "--model", "lucent-test-ct-detect", "--data"])
+            .arg(&data)
+            .arg("--json")
+            .arg(&json),
+    );
+    eprintln!("{text}");
+    assert!(text.contains("FROC: 1 lesion(s) in 2 scan(s)"), "{text}");
+    let report = read_json(&json);
+    let m = &report["models"][0];
+    assert_eq!(m["task"], "ct_detection");
+    let froc = &m["froc"];
+    assert_eq!(froc["scans"], 2);
+    assert_eq!(froc["lesions"], 1);
+    // The toy detector lights up the nodule (and much else): found at some threshold.
+    let curve = froc["curve"].as_array().unwrap();
+    assert_eq!(f(&curve.last().unwrap()["sensitivity"]), 1.0, "{froc}");
+    assert_eq!(froc["at_fp_rates"].as_array().unwrap().len(), 7);
+    assert!(f(&froc["cpm"]) >= 0.0);
+    assert!(json.with_extension("png").is_file());
+}
+
+#[test]
+fn lucent_eval_explains_bad_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = lucent(tmp.path()).args(["eval", "--data"]).arg(tmp.path()).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("neither labels.csv") && !err.contains("panicked"), "{err}");
+    if !have_runtime() {
+        return;
+    }
+    std::fs::write(tmp.path().join("labels.csv"), "image,Nodule\nmissing.png,1\n").unwrap();
+    let out = lucent(tmp.path())
+        .args(["eval", "--model", "lucent-test-ct-detect", "--data"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no nodules.csv"), "{err}");
+}
