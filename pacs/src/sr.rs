@@ -31,8 +31,8 @@ use std::path::Path;
 
 use dicom_core::value::DataSetSequence;
 use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
-use dicom_dictionary_std::{tags, uids};
-use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+use dicom_dictionary_std::tags;
+use dicom_object::InMemDicomObject;
 
 use crate::attrs::InstanceInfo;
 use crate::error::{Error, Result};
@@ -445,24 +445,6 @@ fn date_and_time(datetime: &str) -> (&str, &str) {
     (date, if time.is_empty() { "000000" } else { time })
 }
 
-/// Writes `obj` as a Part 10 file (Explicit VR Little Endian) at `path`.
-fn write_part10(obj: InMemDicomObject, sop_class: &str, sop_uid: &str, path: &Path) -> Result<()> {
-    let file_obj = obj
-        .with_meta(
-            FileMetaTableBuilder::new()
-                .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
-                .media_storage_sop_class_uid(sop_class)
-                .media_storage_sop_instance_uid(sop_uid)
-                .implementation_class_uid(uid("lucent-implementation"))
-                .implementation_version_name("LUCENT_0_1"),
-        )
-        .map_err(|e| Error::Write { detail: e.to_string() })?;
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    }
-    file_obj.write_to_file(path).map_err(|e| Error::Write { detail: e.to_string() })
-}
-
 /// Encapsulated PDF Storage.
 pub const ENCAPSULATED_PDF: &str = "1.2.840.10008.5.1.4.1.1.104.1";
 
@@ -520,7 +502,7 @@ pub fn write_encapsulated_pdf(pdf: &[u8], meta: &EncapsulatedPdf, path: &Path) -
         bytes.push(0);
     }
     obj.put(DataElement::new(tags::ENCAPSULATED_DOCUMENT, VR::OB, PrimitiveValue::from(bytes)));
-    write_part10(obj, ENCAPSULATED_PDF, &sop_uid, path)?;
+    crate::synth::write_object(obj, ENCAPSULATED_PDF, &sop_uid, path)?;
     Ok(SrWritten { series_uid, sop_instance_uid: sop_uid })
 }
 
@@ -676,13 +658,14 @@ pub fn write_sr(doc: &SrDocument, path: &Path) -> Result<SrWritten> {
     }
     seq(&mut obj, tags::CONTENT_SEQUENCE, root);
 
-    write_part10(obj, COMPREHENSIVE_SR, &sop_uid, path)?;
+    crate::synth::write_object(obj, COMPREHENSIVE_SR, &sop_uid, path)?;
     Ok(SrWritten { series_uid, sop_instance_uid: sop_uid })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dicom_dictionary_std::uids;
 
     /// A signed LDCT report with one nodule, Korean text.
     pub(crate) fn sample(completion: SrCompletion) -> SrDocument {

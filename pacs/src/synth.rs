@@ -340,7 +340,9 @@ fn base_object(patient: &PatientSpec, modality: &str, sop_class: &str, sop_uid: 
     obj
 }
 
-fn write_object(obj: InMemDicomObject, sop_class: &str, sop_uid: &str, path: &Path) -> Result<()> {
+/// Writes `obj` as a Part 10 file (Explicit VR Little Endian, Lucent's implementation UID) at
+/// `path`, creating its folder.
+pub(crate) fn write_object(obj: InMemDicomObject, sop_class: &str, sop_uid: &str, path: &Path) -> Result<()> {
     let file = obj
         .with_meta(
             FileMetaTableBuilder::new()

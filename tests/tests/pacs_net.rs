@@ -42,6 +42,19 @@ fn ignore_progress() -> impl FnMut(&RetrieveProgress) {
     |_| {}
 }
 
+/// C-GET of a whole study with the default options; panics on error.
+fn get_study(node: &PacsNode, study_uid: &str, store: &mut Store) -> pacs::net::RetrieveReport {
+    net::retrieve_get(
+        node,
+        &RetrieveRequest::study(study_uid),
+        store,
+        &RetrieveOptions::default(),
+        &mut ignore_progress(),
+        &never(),
+    )
+    .unwrap()
+}
+
 /// Synthetic studies: a CT series (2026) and a CR (2025), in `dir`. Returns (CT files, CR file).
 fn synthetic_studies(dir: &Path, seed: &str, slices: usize) -> (Vec<PathBuf>, PathBuf) {
     let ct = CtSeriesSpec::chest(&format!("{seed}-ct"), slices, 96);
@@ -233,15 +246,7 @@ fn find_get_move_and_store_against_orthanc() {
         assert_eq!((decoded.frame.rows, decoded.frame.columns), (j2k_info.rows, j2k_info.columns));
     }
     // A second C-GET of a study the store has fetches nothing.
-    let again = net::retrieve_get(
-        &node,
-        &RetrieveRequest::study(&ct.study_instance_uid),
-        &mut store,
-        &RetrieveOptions::default(),
-        &mut ignore_progress(),
-        &never(),
-    )
-    .unwrap();
+    let again = get_study(&node, &ct.study_instance_uid, &mut store);
     assert_eq!((again.already_present, again.received), (12, 0));
     assert!(again.is_complete());
     // A series-level C-GET after deleting some files from a fresh store fetches only the missing ones.
@@ -528,15 +533,7 @@ fn orthanc_killed_mid_retrieve_leaves_a_consistent_store_and_a_retry_completes()
 
     // The same storage, restarted: the retry fetches only what is missing.
     orthanc.restart();
-    let report = net::retrieve_get(
-        &node,
-        &RetrieveRequest::study(&study),
-        &mut store,
-        &RetrieveOptions::default(),
-        &mut ignore_progress(),
-        &never(),
-    )
-    .unwrap();
+    let report = get_study(&node, &study, &mut store);
     assert!(report.is_complete(), "{report:?}");
     assert_eq!(report.already_present, partial);
     assert_eq!(report.received, 40 - partial);
@@ -635,15 +632,7 @@ fn dicom_tls_echo_find_get_move_and_store_against_orthanc() {
 
     // C-GET over TLS into a fresh store.
     let mut store = Store::open(&work.path().join("store-get")).unwrap();
-    let report = net::retrieve_get(
-        &node,
-        &RetrieveRequest::study(&ct.study_instance_uid),
-        &mut store,
-        &RetrieveOptions::default(),
-        &mut ignore_progress(),
-        &never(),
-    )
-    .unwrap();
+    let report = get_study(&node, &ct.study_instance_uid, &mut store);
     assert!(report.is_complete(), "{report:?}");
     assert_eq!((report.expected, report.received, report.stored), (Some(6), 6, 6));
     assert_eq!(store.counts().unwrap().instances, 6);
