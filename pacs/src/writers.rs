@@ -1,16 +1,17 @@
 //! The writer pool shared by the network receivers (C-GET in `net::retrieve`, WADO-RS in
 //! `dicomweb`): the thread that reads the connection hands each whole object to
-//! `lucent-net-write-N` threads, which parse its header and write it atomically (temp file, fsync,
-//! rename) while the reader goes on; the reader's thread indexes finished writes in batches. A
+//! `lucent-net-write-N` threads, which parse its header and write it to a temp file while the
+//! reader goes on; the reader's thread commits finished writes in batches (one filesystem sync,
+//! the renames into place, one more sync: [`StoreFiles::commit`]) and only then indexes them. A
 //! byte budget bounds what is in flight, and buffers are recycled (no fresh pages per object).
 
 use crossbeam_channel::{Receiver, Sender, bounded, select};
 
 use crate::error::{Error, Result};
 use crate::net::retrieve::FailedInstance;
-use crate::store::{Store, StoreFiles, StoredInstance};
+use crate::store::{StagedFile, Store, StoreFiles};
 
-/// Instances indexed per transaction.
+/// Instances committed (synced, put in place) and indexed together.
 const INDEX_BATCH: usize = 64;
 
 /// A received file for a writer thread.
@@ -23,7 +24,7 @@ pub(crate) struct WriteJob {
 /// What a writer thread did with a job of `bytes` bytes.
 struct WriteOutcome {
     bytes: usize,
-    result: std::result::Result<StoredInstance, FailedInstance>,
+    result: std::result::Result<StagedFile, FailedInstance>,
 }
 
 /// Received bytes waiting for (or in) a write before the socket reader waits for the writers.
@@ -45,7 +46,7 @@ fn writer_loop(
 ) {
     for mut job in jobs.iter() {
         let result = crate::file::read_info_bytes(&job.bytes)
-            .and_then(|info| files.write(&info, &[&job.bytes]))
+            .and_then(|info| files.stage(&info, &[&job.bytes]))
             .map_err(|e| FailedInstance { sop_instance_uid: job.sop_instance.clone(), reason: e.to_string() });
         let outcome = WriteOutcome { bytes: job.bytes.len(), result };
         if job.bytes.capacity() <= RECYCLE_MAX_BYTES {
@@ -61,13 +62,14 @@ fn writer_loop(
 /// The calling thread's side of the writer pool: hands out jobs, indexes what was written.
 pub(crate) struct Writing<'s> {
     pub(crate) store: &'s mut Store,
+    files: StoreFiles,
     jobs: Option<Sender<WriteJob>>,
     outcomes: Receiver<WriteOutcome>,
     /// Buffers handed back by the writers.
     recycled: Receiver<Vec<u8>>,
     /// Bytes handed to the writers and not written yet.
     in_flight_bytes: usize,
-    to_index: Vec<StoredInstance>,
+    to_index: Vec<StagedFile>,
     stored: usize,
     pub(crate) failed: Vec<FailedInstance>,
 }
@@ -92,9 +94,14 @@ impl Writing<'_> {
 
     fn flush(&mut self) -> Result<()> {
         if !self.to_index.is_empty() {
-            self.store.index(&self.to_index)?;
-            self.stored += self.to_index.len();
-            self.to_index.clear();
+            let (placed, failed) = self.files.commit(std::mem::take(&mut self.to_index));
+            self.failed.extend(
+                failed
+                    .into_iter()
+                    .map(|(stored, reason)| FailedInstance { sop_instance_uid: stored.info.sop_instance_uid, reason }),
+            );
+            self.store.index(&placed)?;
+            self.stored += placed.len();
         }
         Ok(())
     }
@@ -162,6 +169,7 @@ pub(crate) fn with_writer_pool<R>(
     let (out_tx, out_rx) = bounded::<WriteOutcome>(threads * 4);
     let (recycle_tx, recycle_rx) = bounded::<Vec<u8>>(RECYCLED_BUFFERS);
     let mut writing = Writing {
+        files: files.clone(),
         store,
         jobs: Some(job_tx),
         outcomes: out_rx,
