@@ -4,9 +4,9 @@
 //! `<root>/tmp/` for writes in flight. A file is written to `tmp/`, fsynced, renamed into
 //! place, its directory fsynced, and only then indexed: a crash leaves at worst an unindexed
 //! file (re-imported next time) or a temp file (removed on open), never an index row without
-//! its file. Network receivers stage many files and commit them as a batch
-//! ([`StoreFiles::stage`], [`StoreFiles::commit`]): the same order, with one filesystem sync for
-//! the data and one for the renames per batch instead of two fsyncs per file.
+//! its file. Network receivers stage files on parallel writer threads (write, fsync) and commit
+//! them in batches ([`StoreFiles::stage`], [`StoreFiles::commit`]): the renames, then one fsync
+//! per directory rather than one per file, then the index.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -551,16 +551,17 @@ impl StoreFiles {
         Ok(StoredInstance { info: info.clone(), rel_path, size_bytes })
     }
 
-    /// Writes the concatenation of `parts` to a temp file in `tmp/`, not yet synced nor in place:
-    /// [`StoreFiles::commit`] a batch of them (one filesystem sync for the batch instead of two
-    /// fsyncs per file), then index it.
+    /// Writes the concatenation of `parts` to a temp file in `tmp/` and fsyncs it, not yet in
+    /// place: [`StoreFiles::commit`] a batch of them (the renames, then one fsync per directory
+    /// instead of one per file), then index it. Writer threads stage in parallel.
     pub fn stage(&self, info: &InstanceInfo, parts: &[&[u8]]) -> Result<StagedFile> {
         let rel_path = Store::relative_path_for(info);
         let dest = self.root.join(&rel_path);
         let tmp = self.root.join("tmp").join(temp_name());
         let written = (|| {
             let mut f = std::fs::File::create(&tmp)?;
-            parts.iter().try_for_each(|p| f.write_all(p))
+            parts.iter().try_for_each(|p| f.write_all(p))?;
+            f.sync_all()
         })();
         if let Err(e) = written {
             let _ = std::fs::remove_file(&tmp);
@@ -570,25 +571,22 @@ impl StoreFiles {
         Ok(StagedFile { tmp, stored: StoredInstance { info: info.clone(), rel_path, size_bytes } })
     }
 
-    /// Makes staged files durable and puts them in place: syncs their data, renames each into
-    /// place, syncs the directories. A crash before this returns leaves at worst temp files
-    /// (removed when the store next opens) or whole but unindexed files in place. Returns the
-    /// instances to index, and the ones that could not be placed with the reason.
+    /// Puts staged (already synced) files in place: renames each, then fsyncs each directory
+    /// once. A crash before this returns leaves at worst temp files (removed when the store next
+    /// opens) or whole but unindexed files in place. Returns the instances to index, and the ones
+    /// that could not be placed with the reason.
     pub fn commit(&self, staged: Vec<StagedFile>) -> (Vec<StoredInstance>, Vec<(StoredInstance, String)>) {
         let (mut placed, mut failed) = (Vec::with_capacity(staged.len()), Vec::new());
         if staged.is_empty() {
             return (placed, failed);
         }
-        let data_synced = sync_filesystem(&self.root, staged.iter().map(|s| s.tmp.as_path()));
         let mut parents: Vec<PathBuf> = Vec::new();
         for file in staged {
             let dest = self.root.join(&file.stored.rel_path);
             let parent = dest.parent().unwrap_or(Path::new(".")).to_path_buf();
-            let moved = data_synced
-                .as_ref()
-                .map_err(|e| e.to_string())
-                .and_then(|()| std::fs::create_dir_all(&parent).map_err(|e| e.to_string()))
-                .and_then(|()| std::fs::rename(&file.tmp, &dest).map_err(|e| e.to_string()));
+            let moved = std::fs::create_dir_all(&parent)
+                .and_then(|()| std::fs::rename(&file.tmp, &dest))
+                .map_err(|e| e.to_string());
             match moved {
                 Ok(()) => {
                     if !parents.contains(&parent) {
@@ -602,7 +600,14 @@ impl StoreFiles {
                 }
             }
         }
-        if let Err(e) = sync_filesystem(&self.root, parents.iter().map(PathBuf::as_path)) {
+        // A new series folder's own entry is in its parent: sync that too (once).
+        let mut dirs = parents.clone();
+        for p in &parents {
+            if let Some(up) = p.parent().filter(|up| !dirs.iter().any(|d| d == up)) {
+                dirs.push(up.to_path_buf());
+            }
+        }
+        if let Some(e) = dirs.iter().find_map(|d| std::fs::File::open(d).and_then(|f| f.sync_all()).err()) {
             failed.extend(placed.drain(..).map(|p| (p, e.to_string())));
         }
         (placed, failed)
@@ -614,30 +619,6 @@ impl StoreFiles {
 pub struct StagedFile {
     tmp: PathBuf,
     pub stored: StoredInstance,
-}
-
-/// Makes everything written under `root` durable. On Linux one `syncfs` of the store's
-/// filesystem (one journal commit for a whole batch); elsewhere an fsync of each of `paths`.
-fn sync_filesystem<'p>(root: &Path, paths: impl Iterator<Item = &'p Path>) -> std::io::Result<()> {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        let _ = paths;
-        let dir = std::fs::File::open(root)?;
-        // SAFETY: `dir` is an open descriptor for the duration of the call.
-        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = root;
-        for path in paths {
-            std::fs::File::open(path)?.sync_all()?;
-        }
-        Ok(())
-    }
 }
 
 fn temp_name() -> String {

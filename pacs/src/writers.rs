@@ -1,8 +1,8 @@
 //! The writer pool shared by the network receivers (C-GET in `net::retrieve`, WADO-RS in
 //! `dicomweb`): the thread that reads the connection hands each whole object to
-//! `lucent-net-write-N` threads, which parse its header and write it to a temp file while the
-//! reader goes on; the reader's thread commits finished writes in batches (one filesystem sync,
-//! the renames into place, one more sync: [`StoreFiles::commit`]) and only then indexes them. A
+//! `lucent-net-write-N` threads, which parse its header and write and fsync it to a temp file
+//! while the reader goes on; the reader's thread commits finished writes in batches (the renames
+//! into place, one fsync per directory: [`StoreFiles::commit`]) and only then indexes them. A
 //! byte budget bounds what is in flight, and buffers are recycled (no fresh pages per object).
 
 use crossbeam_channel::{Receiver, Sender, bounded, select};
