@@ -146,7 +146,7 @@ fn applies(manifest: &ModelManifest, modality: &str, options: &ReadOptions) -> b
     let accepts = manifest.modalities.iter().any(|m| m == modality);
     match &options.model {
         Some(id) => manifest.id == *id && accepts,
-        None => accepts && (!manifest.test_only || options.include_test_models),
+        None => accepts && manifest.run_by_default && (!manifest.test_only || options.include_test_models),
     }
 }
 
