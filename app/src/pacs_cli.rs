@@ -660,6 +660,11 @@ pub struct ScpArgs {
     /// With TLS: require client certificates issued by these CA certificates (PEM).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Answer each C-STORE once received, write in parallel and make everything durable before
+    /// answering the release (for retrieves from an archive that keeps its copy); default: each
+    /// instance is fsynced and indexed before its answer.
+    #[arg(long)]
+    pub commit_at_release: bool,
     /// Print events as JSON lines.
     #[arg(long)]
     pub json: bool,
@@ -673,6 +678,9 @@ pub fn run_scp(args: &ScpArgs, store_dir: &Path) -> Result<()> {
     config.tls_cert_file = args.tls_cert.clone();
     config.tls_key_file = args.tls_key.clone();
     config.tls_client_ca_file = args.tls_client_ca.clone();
+    if args.commit_at_release {
+        config.commit = net::ScpCommit::AtRelease;
+    }
     let (scp, events) = net::start_scp(&config, store_dir)
         .with_context(|| format!("starting the Store SCP on {}:{}", args.bind, args.port))?;
     eprintln!(

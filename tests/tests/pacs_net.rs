@@ -26,7 +26,8 @@ use common::orthanc::{Modality, ORTHANC_AET, Orthanc, OrthancTls, dcmtk, free_po
 use common::tls::{Issued, TestCa};
 use common::{assert_identical_in_store, compressed_files, store_instances};
 use pacs::net::{
-    self, EchoVerdict, FindQuery, PacsNode, RetrieveOptions, RetrieveProgress, RetrieveRequest, ScpConfig, ScpEvent,
+    self, EchoVerdict, FindQuery, PacsNode, RetrieveOptions, RetrieveProgress, RetrieveRequest, ScpCommit, ScpConfig,
+    ScpEvent,
 };
 use pacs::store::Store;
 use pacs::synth::{self, CtSeriesSpec, RadiographSpec};
@@ -40,6 +41,13 @@ fn never() -> AtomicBool {
 
 fn ignore_progress() -> impl FnMut(&RetrieveProgress) {
     |_| {}
+}
+
+/// C-MOVE of a whole study to Lucent's SCP with the default options; panics on error.
+fn move_study(node: &PacsNode, study_uid: &str, store: &mut Store) -> pacs::net::RetrieveReport {
+    let request = RetrieveRequest::study(study_uid);
+    net::retrieve_move(node, &request, LUCENT_AET, store, &RetrieveOptions::default(), &mut ignore_progress(), &never())
+        .unwrap()
 }
 
 /// C-GET of a whole study with the default options; panics on error.
@@ -327,6 +335,21 @@ fn find_get_move_and_store_against_orthanc() {
     }
     scp.shutdown();
     assert!(move_store.check_consistency().unwrap().is_consistent());
+
+    // The same C-MOVE into an SCP that commits at release: every instance is in the store,
+    // synced and indexed, by the time the C-MOVE's final response arrives.
+    let batched_dir = work.path().join("store-move-batched");
+    let mut batched_store = Store::open(&batched_dir).unwrap();
+    scp_config.commit = ScpCommit::AtRelease;
+    let (scp, events) = net::start_scp(&scp_config, &batched_dir).unwrap();
+    let report = move_study(&node, &ct.study_instance_uid, &mut batched_store);
+    assert!(report.is_complete(), "{report:?}");
+    assert_eq!((report.expected, report.received), (Some(12), 12));
+    assert_identical_in_store(&batched_store, &ct_files);
+    scp.shutdown();
+    let stored_events = events.try_iter().filter(|e| matches!(e, ScpEvent::Stored { new: true, .. })).count();
+    assert_eq!(stored_events, 12);
+    assert!(batched_store.check_consistency().unwrap().is_consistent());
 
     // C-STORE SCU: new synthetic instances (and a J2K file) to Orthanc, confirmed over REST.
     let (new_ct, new_cr) = synthetic_studies(&work.path().join("synth-send"), "store-scu", 4);

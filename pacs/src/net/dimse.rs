@@ -319,7 +319,8 @@ enum Pdv {
 pub(crate) enum Incoming {
     /// A command (its data set, if any, is read next with [`Link::receive_data_set`]).
     Command { context: u8, command: Command },
-    /// The peer released the association (A-RELEASE-RP already sent).
+    /// The peer released the association (A-RELEASE-RP already sent, unless
+    /// [`Link::defer_release`] asked to answer it with [`Link::answer_release`]).
     Released,
 }
 
@@ -343,7 +344,13 @@ pub(crate) struct Link<'a> {
     pdu_remaining: usize,
     next_message_id: u16,
     last_progress: Instant,
+    /// Answer A-RELEASE-RQ only through [`Link::answer_release`].
+    defer_release: bool,
+    release_pending: bool,
 }
+
+/// An A-RELEASE-RP PDU.
+const A_RELEASE_RP: [u8; 10] = [0x06, 0, 0, 0, 0, 4, 0, 0, 0, 0];
 
 impl<'a> Link<'a> {
     /// Wraps a negotiated association's connection: TCP_NODELAY, timeouts, and our own reader.
@@ -376,6 +383,8 @@ impl<'a> Link<'a> {
             pdu_remaining: 0,
             next_message_id: 1,
             last_progress: Instant::now(),
+            defer_release: false,
+            release_pending: false,
         })
     }
 
@@ -581,6 +590,20 @@ impl<'a> Link<'a> {
         }
     }
 
+    /// From now on a peer's A-RELEASE-RQ is reported as [`Incoming::Released`] but answered
+    /// only by [`Link::answer_release`] (an SCP finishes its work before the peer moves on).
+    pub(crate) fn defer_release(&mut self) {
+        self.defer_release = true;
+    }
+
+    /// Sends the A-RELEASE-RP a deferred release waits for (nothing when none does).
+    pub(crate) fn answer_release(&mut self) -> Result<()> {
+        if std::mem::take(&mut self.release_pending) {
+            self.write_all(&A_RELEASE_RP)?;
+        }
+        Ok(())
+    }
+
     /// Reads the next command (all its fragments). A peer's A-RELEASE-RQ is answered and
     /// reported as [`Incoming::Released`].
     pub(crate) fn receive_command(&mut self) -> Result<Incoming> {
@@ -589,7 +612,11 @@ impl<'a> Link<'a> {
         loop {
             match self.next_pdv()? {
                 Pdv::ReleaseRequested if context.is_none() => {
-                    self.write_all(&[0x06, 0, 0, 0, 0, 4, 0, 0, 0, 0])?;
+                    if self.defer_release {
+                        self.release_pending = true;
+                    } else {
+                        self.write_all(&A_RELEASE_RP)?;
+                    }
                     return Ok(Incoming::Released);
                 }
                 Pdv::ReleaseRequested | Pdv::ReleaseReplied => {
@@ -725,7 +752,7 @@ impl<'a> Link<'a> {
                 Pdv::ReleaseReplied => break,
                 Pdv::ReleaseRequested => {
                     // Release collision: answer and stop.
-                    self.write_all(&[0x06, 0, 0, 0, 0, 4, 0, 0, 0, 0])?;
+                    self.write_all(&A_RELEASE_RP)?;
                     break;
                 }
                 Pdv::Value { len, .. } => {

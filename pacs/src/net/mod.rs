@@ -44,5 +44,5 @@ pub use node::{NodeBook, PacsNode};
 pub use retrieve::{
     FailedInstance, RetrieveOptions, RetrieveProgress, RetrieveReport, RetrieveRequest, retrieve_get, retrieve_move,
 };
-pub use scp::{ScpConfig, ScpEvent, ScpHandle, start_scp};
+pub use scp::{ScpCommit, ScpConfig, ScpEvent, ScpHandle, start_scp};
 pub use store_scu::{SendFailure, StoreReport, store_files};

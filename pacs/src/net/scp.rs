@@ -77,6 +77,26 @@ pub struct ScpConfig {
     /// `None`: no client certificate is asked for.
     #[serde(default)]
     pub tls_client_ca_file: Option<PathBuf>,
+    /// When a received instance is made durable (see [`ScpCommit`]).
+    #[serde(default)]
+    pub commit: ScpCommit,
+}
+
+/// When the SCP makes what it receives durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScpCommit {
+    /// Each instance is written, fsynced and indexed before its C-STORE-RSP: a sender that saw
+    /// success may delete its copy. For pushes from modalities and other senders.
+    #[default]
+    PerInstance,
+    /// Each instance is answered once received whole and valid; writer threads write and fsync
+    /// the instances in parallel and they are put in place and indexed in batches, all before the
+    /// A-RELEASE-RP. A C-MOVE's final response comes after that release, so a retrieve sees
+    /// every instance in the store; a write that fails after its success answer is reported as a
+    /// `Failed` event (and a retrieve finds it missing and can fetch it again). For retrieves
+    /// from an archive that keeps its copy.
+    AtRelease,
 }
 
 impl ScpConfig {
@@ -94,6 +114,7 @@ impl ScpConfig {
             tls_cert_file: None,
             tls_key_file: None,
             tls_client_ca_file: None,
+            commit: ScpCommit::PerInstance,
         }
     }
 
@@ -454,7 +475,10 @@ fn serve(
     let link = Link::new(transport, prefix, contexts, peer_max_pdu, peer, timeout, None);
     let mut tally = (0usize, 0usize);
     let result = link.and_then(|mut link| {
-        let result = serve_link(&mut link, &calling_ae, root, events, shared, &mut tally);
+        let result = match config.commit {
+            ScpCommit::PerInstance => serve_link(&mut link, &calling_ae, root, events, shared, &mut tally),
+            ScpCommit::AtRelease => serve_link_batched(&mut link, &calling_ae, root, events, shared, &mut tally),
+        };
         if result.is_err() {
             link.abort();
         }
@@ -622,13 +646,127 @@ fn serve_link(
     }
 }
 
+/// Writer threads of an association that commits at release (each writes and fsyncs).
+const BATCHED_WRITERS: usize = 2;
+
+/// [`serve_link`] for [`ScpCommit::AtRelease`]: answers each valid instance at once, writes
+/// through the writer pool, and answers the A-RELEASE-RQ only once everything is synced and
+/// indexed.
+fn serve_link_batched(
+    link: &mut Link<'_>,
+    calling_ae: &str,
+    root: &Path,
+    events: &Sender<ScpEvent>,
+    shared: &Shared,
+    tally: &mut (usize, usize),
+) -> Result<()> {
+    let mut store = Store::open(root)?;
+    link.defer_release();
+    let mut size_hint = 0usize;
+    let mut answered: Vec<ScpEvent> = Vec::new();
+    let pool = crate::writers::with_writer_pool(&mut store, BATCHED_WRITERS, |writing| {
+        loop {
+            let (context, command) = match link.receive_command()? {
+                Incoming::Released => return Ok(()),
+                Incoming::Command { context, command } => (context, command),
+            };
+            match command.field() {
+                C_ECHO_RQ => {
+                    link.send_command(context, &dimse::response(C_ECHO_RSP, &command, STATUS_SUCCESS))?;
+                    emit(events, shared, ScpEvent::Echo { calling_ae: calling_ae.to_owned() });
+                }
+                C_STORE_RQ => {
+                    let received = link.receive_instance(context, &command, writing.buffer(), size_hint)?;
+                    size_hint = size_hint.max(received.data_set_len());
+                    let (status, event) = match check_received(writing.store, &received, calling_ae) {
+                        Verdict::AlreadyThere(event) => (STATUS_SUCCESS, Some(event)),
+                        Verdict::New { stored, .. } => {
+                            let sop_instance = received.sop_instance.clone();
+                            writing.submit(crate::writers::WriteJob { sop_instance, bytes: received.bytes })?;
+                            answered.push(stored);
+                            (STATUS_SUCCESS, None)
+                        }
+                        Verdict::Refused(status, event) => (status, Some(event)),
+                    };
+                    link.send_store_response(context, &command, status)?;
+                    writing.poll()?;
+                    if let Some(event) = event {
+                        if matches!(event, ScpEvent::Stored { .. }) {
+                            tally.0 += 1
+                        } else {
+                            tally.1 += 1
+                        }
+                        emit(events, shared, event);
+                    }
+                }
+                other => {
+                    if command.has_data_set() {
+                        let mut sink = Vec::new();
+                        link.receive_data_set(context, &mut sink)?;
+                    }
+                    let rsp = dimse::response(other | 0x8000, &command, STATUS_UNRECOGNIZED_OPERATION);
+                    link.send_command(context, &rsp)?;
+                }
+            }
+        }
+    });
+    // Everything answered is now written, synced and indexed, or failed.
+    for event in answered {
+        let lost = match &event {
+            ScpEvent::Stored { sop_instance_uid, .. } => {
+                pool.failed.iter().find(|f| &f.sop_instance_uid == sop_instance_uid).map(|f| f.reason.clone())
+            }
+            _ => None,
+        };
+        match (lost, &event) {
+            (Some(reason), ScpEvent::Stored { sop_instance_uid, .. }) => {
+                tally.1 += 1;
+                let (_, failed) = failed_answer(calling_ae, STATUS_OUT_OF_RESOURCES, reason, sop_instance_uid);
+                emit(events, shared, failed);
+            }
+            _ => {
+                tally.0 += 1;
+                emit(events, shared, event);
+            }
+        }
+    }
+    pool.outcome?;
+    link.answer_release()
+}
+
 /// Writes and indexes a received instance; the status to answer and the event to report.
 fn store_received(store: &mut Store, received: dimse::Received, calling_ae: &str) -> (u16, ScpEvent) {
+    let (info, stored) = match check_received(store, &received, calling_ae) {
+        Verdict::AlreadyThere(event) => return (STATUS_SUCCESS, event),
+        Verdict::New { info, stored } => (info, stored),
+        Verdict::Refused(status, event) => return (status, event),
+    };
+    match store.write_file(&info, &received.bytes).and_then(|s| store.index(&[s])) {
+        Ok(_) => (STATUS_SUCCESS, stored),
+        Err(e) => failed_answer(calling_ae, STATUS_OUT_OF_RESOURCES, e.to_string(), &info.sop_instance_uid),
+    }
+}
+
+/// A C-STORE failure: the status to answer and the event to report.
+fn failed_answer(calling_ae: &str, status: u16, reason: String, uid: &str) -> (u16, ScpEvent) {
+    (status, ScpEvent::Failed { calling_ae: calling_ae.to_owned(), sop_instance_uid: uid.to_owned(), status, reason })
+}
+
+/// What the SCP does with a received instance.
+enum Verdict {
+    /// In the store already: nothing to write.
+    AlreadyThere(ScpEvent),
+    /// To be written; `stored` is the event to report once it is.
+    New { info: Box<crate::attrs::InstanceInfo>, stored: ScpEvent },
+    /// Refused with this status.
+    Refused(u16, ScpEvent),
+}
+
+/// Checks a received instance (command, storage class, readable header, already stored?).
+fn check_received(store: &Store, received: &dimse::Received, calling_ae: &str) -> Verdict {
     let failed = |status: u16, reason: String, uid: &str| {
-        (
-            status,
-            ScpEvent::Failed { calling_ae: calling_ae.to_owned(), sop_instance_uid: uid.to_owned(), status, reason },
-        )
+        let (status, event) = failed_answer(calling_ae, status, reason, uid);
+        Verdict::Refused(status, event)
     };
     if !received.valid {
         return failed(
@@ -659,13 +797,8 @@ fn store_received(store: &mut Store, received: dimse::Received, calling_ae: &str
         new,
     };
     match store.contains(&info.sop_instance_uid) {
-        Ok(true) => return (STATUS_SUCCESS, stored(false)),
-        Ok(false) => {}
-        Err(e) => return failed(STATUS_OUT_OF_RESOURCES, e.to_string(), &info.sop_instance_uid),
-    }
-    let written = store.write_file(&info, &received.bytes).and_then(|s| store.index(&[s]));
-    match written {
-        Ok(_) => (STATUS_SUCCESS, stored(true)),
+        Ok(true) => Verdict::AlreadyThere(stored(false)),
+        Ok(false) => Verdict::New { stored: stored(true), info: Box::new(info) },
         Err(e) => failed(STATUS_OUT_OF_RESOURCES, e.to_string(), &info.sop_instance_uid),
     }
 }
