@@ -382,6 +382,9 @@ fn the_denoised_ct_is_added_to_the_store_beside_the_original() {
     assert!(!store_dir.join("derived").exists(), "the staging folder is removed");
 }
 
+/// The toy detector's findings are the ones this test decides on (the bundled detector runs too).
+const TOY_DETECTOR: &str = "lucent-test-ct-detect";
+
 #[test]
 fn a_report_is_drafted_from_the_ai_findings_decided_signed_and_then_immutable() {
     if !have_runtime() {
@@ -400,7 +403,7 @@ fn a_report_is_drafted_from_the_ai_findings_decided_signed_and_then_immutable() 
     let report = app.reports.report().unwrap();
     assert_eq!(report.kind, report::model::ReportKind::Ldct);
     let nodules: Vec<report::model::AiFinding> =
-        app.reports.findings().iter().filter(|f| f.nodule.is_some()).cloned().collect();
+        app.reports.findings().iter().filter(|f| f.nodule.is_some() && f.model_id == TOY_DETECTOR).cloned().collect();
     assert!(!nodules.is_empty(), "the toy detector finds the synthetic nodule");
     let text = report.to_text();
     assert!(text.contains("Lung-RADS"), "{text}");
@@ -429,7 +432,14 @@ fn a_report_is_drafted_from_the_ai_findings_decided_signed_and_then_immutable() 
     h.state_mut().reports.qa_open = true;
     h.state_mut().reports.refresh_worklist();
     wait_until(&mut h, |app| !app.reports.decided().is_empty());
-    let d = h.state().reports.decided().iter().find(|d| d.finding.id != first.id).cloned().unwrap();
+    let d = h
+        .state()
+        .reports
+        .decided()
+        .iter()
+        .find(|d| d.finding.id != first.id && d.finding.model_id == TOY_DETECTOR)
+        .cloned()
+        .unwrap();
     h.state_mut().reports.qa_review(&d.study_uid, &d.finding.id, report::model::FindingDecision::Accepted);
     wait_until(&mut h, |app| {
         app.reports.decided().iter().any(|x| x.finding.id == d.finding.id && x.decision.is_accepted())
