@@ -73,6 +73,32 @@ fn cxr_side(center_x: f64, info: &InstanceInfo) -> Side {
     if on_image_left != flipped { Side::Right } else { Side::Left }
 }
 
+/// The side of a radiograph finding from its regions (side, peak map value): the side of the
+/// strongest region, or both when the other side's strongest region is nearly as strong (a faint
+/// echo of the map on the other lung is not a bilateral finding).
+fn finding_side(regions: &[(Side, f32)]) -> Side {
+    let peak_on = |side: Side| {
+        regions
+            .iter()
+            .filter(|(s, _)| *s == side)
+            .map(|(_, p)| *p)
+            .fold(None, |m: Option<f32>, p| Some(m.map_or(p, |m| m.max(p))))
+    };
+    match (peak_on(Side::Right), peak_on(Side::Left)) {
+        (None, None) => Side::Unknown,
+        (Some(_), None) => Side::Right,
+        (None, Some(_)) => Side::Left,
+        (Some(r), Some(l)) if r.min(l) >= 0.75 * r.max(l) => Side::Bilateral,
+        (Some(r), Some(l)) => {
+            if r >= l {
+                Side::Right
+            } else {
+                Side::Left
+            }
+        }
+    }
+}
+
 /// Grey u8 pixels of a frame to RGBA.
 fn grey_rgba(grey: &[u8]) -> Vec<u8> {
     grey.iter().flat_map(|&g| [g, g, g, 255]).collect()
@@ -221,11 +247,7 @@ pub fn bundles(path: &Path, reading: &ReadReport) -> Result<Vec<StudyBundle>> {
                     f.geometry.as_ref().map(|g| g.boxes.iter().collect()).unwrap_or_default();
                 let sides: Vec<(Side, f32)> =
                     boxes.iter().map(|b| (cxr_side((b.min_px[0] + b.max_px[0]) / 2.0, info), b.peak)).collect();
-                let side = match sides.first() {
-                    None => Side::Unknown,
-                    Some((s, _)) if sides.iter().any(|(o, peak)| o != s && *peak >= f.threshold) => Side::Bilateral,
-                    Some((s, _)) => *s,
-                };
+                let side = finding_side(&sides);
                 let id = format!("s{si}:{}:{}", f.model_id, f.label);
                 let geometry = boxes.first().map(|b| BoxGeometry {
                     min_px: b.min_px,
@@ -585,6 +607,16 @@ pub fn parse_lang(text: &str) -> Result<Lang> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_faint_region_on_the_other_lung_does_not_make_a_finding_bilateral() {
+        use super::{Side, finding_side};
+        assert_eq!(finding_side(&[]), Side::Unknown);
+        assert_eq!(finding_side(&[(Side::Right, 0.95), (Side::Left, 0.55)]), Side::Right);
+        assert_eq!(finding_side(&[(Side::Left, 0.6), (Side::Right, 0.9), (Side::Left, 0.62)]), Side::Right);
+        assert_eq!(finding_side(&[(Side::Right, 0.9), (Side::Left, 0.85)]), Side::Bilateral);
+        assert_eq!(finding_side(&[(Side::Left, 0.7)]), Side::Left);
+    }
+
     use super::*;
 
     #[test]

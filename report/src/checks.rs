@@ -203,7 +203,9 @@ pub fn check(
     lung_rads: Option<&LungRadsInput>,
 ) -> Vec<Warning> {
     let described = effective_findings(findings, decisions);
-    let flagged: Vec<&AiFinding> = described.iter().filter(|f| f.is_flagged()).collect();
+    // An image-level "abnormal" score names no finding a text could mention.
+    let flagged: Vec<&AiFinding> =
+        described.iter().filter(|f| f.is_flagged() && !crate::model::is_summary_label(&f.label)).collect();
     let body: Vec<String> = report
         .sections
         .iter()

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{
     AiFinding, Decisions, ImageRef, Lang, ReportKind, Side, StudyInputs, effective_findings, expected_lung_rads,
-    is_nodule_label,
+    is_nodule_label, is_summary_label,
 };
 use crate::vocab::{self, capitalise, side_word};
 
@@ -416,6 +416,7 @@ fn cxr_sentence(f: &AiFinding, lang: Lang) -> (SectionId, String) {
     let side_adj = side_word(side, lang);
     let text = match (terms.section, lang) {
         (SectionId::Lungs, Lang::En) => match lung_place(f, lang) {
+            Some(place) if f.lobe.is_none() && side == Side::Bilateral => format!("{} in {place}.", capitalise(&name)),
             Some(place) => format!("{} in the {place}.", capitalise(&name)),
             None => format!("{} is suspected.", capitalise(&name)),
         },
@@ -431,6 +432,20 @@ fn cxr_sentence(f: &AiFinding, lang: Lang) -> (SectionId, String) {
         (_, Lang::Ko) => format!("{side_adj} {name} 소견."),
     };
     (terms.section, with_location(text, f, lang))
+}
+
+/// The impression when only the image-level "abnormal" score is flagged.
+fn summary_sentence(f: &AiFinding, lang: Lang) -> String {
+    match lang {
+        Lang::En => format!(
+            "The AI rates the radiograph as abnormal (score {:.2}) without a specific finding above its threshold; \
+             please review.",
+            f.score
+        ),
+        Lang::Ko => {
+            format!("AI가 비정상 영상으로 판단함(점수 {:.2}). 임계값을 넘는 특정 소견은 없음; 검토 바람.", f.score)
+        }
+    }
 }
 
 fn impression_sentence(f: &AiFinding, lang: Lang) -> String {
@@ -540,7 +555,11 @@ fn lung_rads_sentence(code: &str, lang: Lang) -> String {
 fn generate(kind: ReportKind, lang: Lang, inputs: &StudyInputs, decisions: &Decisions) -> Vec<Generated> {
     let described = effective_findings(&inputs.findings, decisions);
     // Only flagged findings are drafted; below-threshold ones stay in the AI panel.
-    let shown: Vec<&AiFinding> = described.iter().filter(|f| f.is_flagged()).collect();
+    let flagged: Vec<&AiFinding> = described.iter().filter(|f| f.is_flagged()).collect();
+    // An image-level "abnormal" score has no place of its own: it is drafted only when nothing
+    // more specific is flagged.
+    let (summaries, shown): (Vec<&AiFinding>, Vec<&AiFinding>) =
+        flagged.into_iter().partition(|f| is_summary_label(&f.label));
     let mut out = Vec::new();
     let fid = |f: &AiFinding| format!("f:{}", f.id);
     match kind {
@@ -558,7 +577,15 @@ fn generate(kind: ReportKind, lang: Lang, inputs: &StudyInputs, decisions: &Deci
             for &section in SectionId::for_kind(kind) {
                 if section == SectionId::Impression {
                     if shown.is_empty() {
-                        push_normal(&mut out, section, lang);
+                        match summaries.first() {
+                            Some(f) => out.push(Generated {
+                                section,
+                                key: fid(f),
+                                finding_id: Some(f.id.clone()),
+                                text: summary_sentence(f, lang),
+                            }),
+                            None => push_normal(&mut out, section, lang),
+                        }
                     }
                     for f in &shown {
                         out.push(Generated {
@@ -663,6 +690,24 @@ mod tests {
             ],
             lung_rads: None,
         }
+    }
+
+    #[test]
+    fn an_abnormal_score_is_drafted_only_alone_and_both_lungs_read_right() {
+        let abnormal =
+            AiFinding { id: "abn".into(), label: "Abnormal".into(), score: 0.9, threshold: 0.7, ..Default::default() };
+        let mut inputs = cxr_inputs();
+        inputs.findings[1].side = Side::Bilateral;
+        inputs.findings.push(abnormal.clone());
+        let text = draft(&inputs, &Decisions::new(), Lang::En).to_text();
+        assert!(text.contains("Consolidation in both lungs."), "{text}");
+        assert!(!text.to_lowercase().contains("abnormal in"), "{text}");
+        assert!(!text.contains("rates the radiograph as abnormal"), "a specific finding is flagged: {text}");
+        // Only the summary score flagged: the impression says so, nothing else is invented.
+        inputs.findings = vec![abnormal];
+        let alone = draft(&inputs, &Decisions::new(), Lang::En);
+        assert!(alone.to_text().contains("rates the radiograph as abnormal (score 0.90)"), "{}", alone.to_text());
+        assert!(draft(&inputs, &Decisions::new(), Lang::Ko).to_text().contains("비정상 영상"));
     }
 
     #[test]

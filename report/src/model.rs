@@ -435,6 +435,15 @@ pub fn expected_lung_rads(kind: ReportKind, described: &[AiFinding], input: Opti
 }
 
 /// Whether a label names a nodule (or mass).
+/// Whether a label is an image-level summary ("abnormal"), not a finding with a place: it gets no
+/// sentence of its own in the findings sections.
+pub fn is_summary_label(label: &str) -> bool {
+    matches!(
+        label.trim().to_ascii_lowercase().replace([' ', '-'], "_").as_str(),
+        "abnormal" | "abnormality" | "any_finding"
+    )
+}
+
 pub fn is_nodule_label(label: &str) -> bool {
     let l = label.to_ascii_lowercase();
     l.contains("nodule") || l.contains("mass")
