@@ -53,7 +53,20 @@ fn have_runtime() -> bool {
     false
 }
 
+/// The app keeps settings, PACS nodes and exports in its data folder: for these tests, a fresh one
+/// for the whole test process instead of the user's (`XDG_DATA_HOME`, set once before any app).
+fn isolated_data_dir() {
+    static DATA: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DATA.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        // SAFETY of intent: set once, before any app or worker thread reads it.
+        unsafe { std::env::set_var("XDG_DATA_HOME", dir.path()) };
+        dir
+    });
+}
+
 fn harness(store_dir: &Path) -> Harness<'static, LucentApp> {
+    isolated_data_dir();
     let dir = store_dir.to_path_buf();
     let mut h = Harness::builder()
         .with_size(egui::vec2(860.0, 520.0))
