@@ -603,6 +603,32 @@ fn client_hello_ready(bytes: &[u8]) -> FirstMessage {
     if handshake.len() >= need { FirstMessage::Whole } else { FirstMessage::Partial }
 }
 
+/// Answers a command that is not a C-STORE: C-ECHO, or "unrecognised operation" (after reading
+/// and dropping its data set).
+fn answer_other(
+    link: &mut Link<'_>,
+    context: u8,
+    command: &dimse::Command,
+    calling_ae: &str,
+    events: &Sender<ScpEvent>,
+    shared: &Shared,
+) -> Result<()> {
+    match command.field() {
+        C_ECHO_RQ => {
+            link.send_command(context, &dimse::response(C_ECHO_RSP, command, STATUS_SUCCESS))?;
+            emit(events, shared, ScpEvent::Echo { calling_ae: calling_ae.to_owned() });
+        }
+        other => {
+            if command.has_data_set() {
+                let mut sink = Vec::new();
+                link.receive_data_set(context, &mut sink)?;
+            }
+            link.send_command(context, &dimse::response(other | 0x8000, command, STATUS_UNRECOGNIZED_OPERATION))?;
+        }
+    }
+    Ok(())
+}
+
 fn serve_link(
     link: &mut Link<'_>,
     calling_ae: &str,
@@ -619,10 +645,6 @@ fn serve_link(
             Incoming::Command { context, command } => (context, command),
         };
         match command.field() {
-            C_ECHO_RQ => {
-                link.send_command(context, &dimse::response(C_ECHO_RSP, &command, STATUS_SUCCESS))?;
-                emit(events, shared, ScpEvent::Echo { calling_ae: calling_ae.to_owned() });
-            }
             C_STORE_RQ => {
                 let received = link.receive_instance(context, &command, Vec::new(), size_hint)?;
                 size_hint = size_hint.max(received.data_set_len());
@@ -634,14 +656,7 @@ fn serve_link(
                 }
                 emit(events, shared, event);
             }
-            other => {
-                if command.has_data_set() {
-                    let mut sink = Vec::new();
-                    link.receive_data_set(context, &mut sink)?;
-                }
-                let rsp = dimse::response(other | 0x8000, &command, STATUS_UNRECOGNIZED_OPERATION);
-                link.send_command(context, &rsp)?;
-            }
+            _ => answer_other(link, context, &command, calling_ae, events, shared)?,
         }
     }
 }
@@ -671,10 +686,6 @@ fn serve_link_batched(
                 Incoming::Command { context, command } => (context, command),
             };
             match command.field() {
-                C_ECHO_RQ => {
-                    link.send_command(context, &dimse::response(C_ECHO_RSP, &command, STATUS_SUCCESS))?;
-                    emit(events, shared, ScpEvent::Echo { calling_ae: calling_ae.to_owned() });
-                }
                 C_STORE_RQ => {
                     let received = link.receive_instance(context, &command, writing.buffer(), size_hint)?;
                     size_hint = size_hint.max(received.data_set_len());
@@ -699,14 +710,7 @@ fn serve_link_batched(
                         emit(events, shared, event);
                     }
                 }
-                other => {
-                    if command.has_data_set() {
-                        let mut sink = Vec::new();
-                        link.receive_data_set(context, &mut sink)?;
-                    }
-                    let rsp = dimse::response(other | 0x8000, &command, STATUS_UNRECOGNIZED_OPERATION);
-                    link.send_command(context, &rsp)?;
-                }
+                _ => answer_other(link, context, &command, calling_ae, events, shared)?,
             }
         }
     });
