@@ -72,20 +72,48 @@ fn box_px(geometry: Option<&BoxGeometry>) -> Option<[f64; 4]> {
     geometry.map(|g| [g.min_px[0], g.min_px[1], g.max_px[0], g.max_px[1]])
 }
 
-/// The decision code, the reviewed finding, and the reason and comment, of a review; `None`
-/// for a review left pending.
+/// A reviewer's verdict on a finding, as exported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Accepted,
+    Rejected,
+    Corrected,
+}
+
+impl Verdict {
+    /// The code in `marks.jsonl` and in the SR (private scheme).
+    fn code(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Rejected => "rejected",
+            Self::Corrected => "corrected",
+        }
+    }
+
+    fn sr_code(self) -> SrCode {
+        let meaning = match self {
+            Self::Accepted => "Accepted by reviewer",
+            Self::Rejected => "Rejected by reviewer",
+            Self::Corrected => "Corrected by reviewer",
+        };
+        SrCode::new(self.code(), LUCENT_SCHEME, meaning)
+    }
+}
+
+/// The verdict, the reviewed finding, and the reason and comment, of a review; `None` for a
+/// review left pending.
 fn reviewed(
     finding: &AiFinding,
     decision: &FindingDecision,
-) -> Option<(&'static str, AiFinding, Option<ReasonCode>, String)> {
+) -> Option<(Verdict, AiFinding, Option<ReasonCode>, String)> {
     match decision {
         FindingDecision::Pending => None,
-        FindingDecision::Accepted => Some(("accepted", finding.clone(), None, String::new())),
+        FindingDecision::Accepted => Some((Verdict::Accepted, finding.clone(), None, String::new())),
         FindingDecision::Rejected { reason, comment } => {
-            Some(("rejected", finding.clone(), Some(*reason), comment.clone()))
+            Some((Verdict::Rejected, finding.clone(), Some(*reason), comment.clone()))
         }
         FindingDecision::Edited { edit, reason, comment } => {
-            Some(("corrected", finding.with_edit(edit), Some(*reason), comment.clone()))
+            Some((Verdict::Corrected, finding.with_edit(edit), Some(*reason), comment.clone()))
         }
     }
 }
@@ -94,18 +122,8 @@ fn reason_code(reason: ReasonCode) -> SrCode {
     SrCode::new(reason.code(), LUCENT_SCHEME, &reason.code().replace('_', " "))
 }
 
-fn decision_code(decision: &str) -> SrCode {
-    let meaning = match decision {
-        "accepted" => "Accepted by reviewer",
-        "rejected" => "Rejected by reviewer",
-        _ => "Corrected by reviewer",
-    };
-    SrCode::new(decision, LUCENT_SCHEME, meaning)
-}
-
 /// The patient and study attributes of a study, from one of its instances in the local store.
-fn study_attributes(store_dir: &Path, study_uid: &str) -> Option<(SrStudy, String)> {
-    let store = pacs::store::Store::open_reader(store_dir).ok()?;
+fn study_attributes(store: &pacs::store::Store, study_uid: &str) -> Option<(SrStudy, String)> {
     let series = store.series(study_uid).ok()?;
     let path = series.iter().find_map(|s| store.series_paths(&s.series_uid).ok()?.into_iter().next())?;
     let info = pacs::file::read_info(&path).ok()?;
@@ -155,15 +173,17 @@ pub fn export_qa_marks(
     let jsonl_path = out_dir.join("marks.jsonl");
     let mut jsonl = Vec::new();
     let mut summary = QaExportSummary { jsonl: jsonl_path.clone(), ..Default::default() };
+    // The image store, for the SR's patient and study attributes (none yet: JSONL only).
+    let images = pacs::store::Store::open_reader(store_dir).ok();
     for study_uid in reports.qa_reviewed_studies()? {
         let reviews: Vec<(AiFinding, QaReview)> = reports.latest_qa_reviews(&study_uid)?;
         let mut groups = Vec::new();
         for (finding, review) in &reviews {
             let Some((decision, after, reason, comment)) = reviewed(finding, &review.decision) else { continue };
             match decision {
-                "accepted" => summary.accepted += 1,
-                "rejected" => summary.rejected += 1,
-                _ => summary.corrected += 1,
+                Verdict::Accepted => summary.accepted += 1,
+                Verdict::Rejected => summary.rejected += 1,
+                Verdict::Corrected => summary.corrected += 1,
             }
             let mark = ReviewMark {
                 study_uid: study_uid.clone(),
@@ -174,7 +194,7 @@ pub fn export_qa_marks(
                 ai_score: finding.score,
                 ai_threshold: finding.threshold,
                 ai_box_px: box_px(finding.geometry.as_ref()),
-                decision,
+                decision: decision.code(),
                 reason: reason.map(ReasonCode::code),
                 has_comment: !comment.trim().is_empty(),
                 label: after.label.clone(),
@@ -193,7 +213,7 @@ pub fn export_qa_marks(
             });
             group.review = Some(SrReview {
                 observer_name: review.reviewer.clone(),
-                decision: decision_code(decision),
+                decision: decision.sr_code(),
                 reason: reason.map(reason_code),
                 comment,
             });
@@ -204,17 +224,14 @@ pub fn export_qa_marks(
         }
         summary.studies += 1;
         summary.marks += groups.len();
-        let Some((study, modality)) = study_attributes(store_dir, &study_uid) else {
+        let Some((study, modality)) = images.as_ref().and_then(|store| study_attributes(store, &study_uid)) else {
             summary.studies_without_images += 1;
             continue;
         };
         let path = out_dir.join(format!("qa-marks-{}.dcm", summary.sr_files.len() + 1));
         let doc = marks_document(study, &modality, groups, now);
         pacs::sr::write_sr(&doc, &path).with_context(|| format!("writing {}", path.display()))?;
-        let sha = {
-            use sha2::Digest;
-            hex::encode(sha2::Sha256::digest(std::fs::read(&path)?))
-        };
+        let sha = crate::reporting::sha256_hex(&std::fs::read(&path)?);
         reports.append_audit(
             user,
             AuditAction::Export,

@@ -413,6 +413,12 @@ pub fn sr_group(study_uid: &str, index: usize, f: &AiFinding) -> SrFindingGroup 
     }
 }
 
+/// Lower-case hex SHA-256 of an exported file's bytes (for the audit log).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
 /// `YYYY-MM-DDTHH:MM:SSZ` to DICOM DT `YYYYMMDDHHMMSS`.
 pub fn dicom_datetime(rfc3339: &str) -> String {
     rfc3339.chars().filter(char::is_ascii_digit).take(14).collect()
@@ -533,8 +539,7 @@ pub fn write_exports(
     index: usize,
     now: &str,
 ) -> Result<Vec<(&'static str, String)>> {
-    use sha2::Digest;
-    let sha = |bytes: &[u8]| hex::encode(sha2::Sha256::digest(bytes));
+    let sha = sha256_hex;
     let report = &source.report;
     let when = source.signed_at.as_deref().unwrap_or(now);
     let mut written = Vec::new();

@@ -650,11 +650,7 @@ fn serve_link(
                 size_hint = size_hint.max(received.data_set_len());
                 let (status, event) = store_received(&mut store, received, calling_ae);
                 link.send_store_response(context, &command, status)?;
-                match &event {
-                    ScpEvent::Stored { .. } => tally.0 += 1,
-                    _ => tally.1 += 1,
-                }
-                emit(events, shared, event);
+                record(events, shared, tally, event);
             }
             _ => answer_other(link, context, &command, calling_ae, events, shared)?,
         }
@@ -702,12 +698,7 @@ fn serve_link_batched(
                     link.send_store_response(context, &command, status)?;
                     writing.poll()?;
                     if let Some(event) = event {
-                        if matches!(event, ScpEvent::Stored { .. }) {
-                            tally.0 += 1
-                        } else {
-                            tally.1 += 1
-                        }
-                        emit(events, shared, event);
+                        record(events, shared, tally, event);
                     }
                 }
                 _ => answer_other(link, context, &command, calling_ae, events, shared)?,
@@ -717,25 +708,27 @@ fn serve_link_batched(
     // Everything answered is now written, synced and indexed, or failed.
     for event in answered {
         let lost = match &event {
-            ScpEvent::Stored { sop_instance_uid, .. } => {
-                pool.failed.iter().find(|f| &f.sop_instance_uid == sop_instance_uid).map(|f| f.reason.clone())
-            }
+            ScpEvent::Stored { sop_instance_uid, .. } => pool
+                .failed
+                .iter()
+                .find(|f| &f.sop_instance_uid == sop_instance_uid)
+                .map(|f| failed_answer(calling_ae, STATUS_OUT_OF_RESOURCES, f.reason.clone(), sop_instance_uid).1),
             _ => None,
         };
-        match (lost, &event) {
-            (Some(reason), ScpEvent::Stored { sop_instance_uid, .. }) => {
-                tally.1 += 1;
-                let (_, failed) = failed_answer(calling_ae, STATUS_OUT_OF_RESOURCES, reason, sop_instance_uid);
-                emit(events, shared, failed);
-            }
-            _ => {
-                tally.0 += 1;
-                emit(events, shared, event);
-            }
-        }
+        record(events, shared, tally, lost.unwrap_or(event));
     }
     pool.outcome?;
     link.answer_release()
+}
+
+/// Counts a C-STORE's outcome in `tally` (stored, failed) and reports it.
+fn record(events: &Sender<ScpEvent>, shared: &Shared, tally: &mut (usize, usize), event: ScpEvent) {
+    if matches!(event, ScpEvent::Stored { .. }) {
+        tally.0 += 1;
+    } else {
+        tally.1 += 1;
+    }
+    emit(events, shared, event);
 }
 
 /// Writes and indexes a received instance; the status to answer and the event to report.
