@@ -100,6 +100,9 @@ pub enum Command {
     },
     /// Write synthetic chest radiographs with lesion masks and labels (training data for the CXR model).
     SynthCxr(crate::synth_cli::SynthCxrArgs),
+    /// Write synthetic chest CT scans with nodules (`nodules.csv`) or routine / quarter-dose pairs
+    /// simulated in the projection domain (`pairs.csv`): evaluation sets for `lucent eval`.
+    SynthCt(crate::synth_cli::SynthCtArgs),
     /// Score many radiographs (DICOM or PNG) with one CXR model through Lucent's pipeline, as CSV.
     ScoreCxr(crate::synth_cli::ScoreCxrArgs),
     /// Evaluate models on a labelled folder: per-finding AUROC (95% bootstrap CI), sensitivity,
@@ -368,6 +371,7 @@ pub fn run(cli: Cli) -> Result<()> {
             crate::report_cli::after_read(&path, &report, &exports, &store_dir)
         }
         Some(Command::SynthCxr(args)) => crate::synth_cli::synth_cxr(&args),
+        Some(Command::SynthCt(args)) => crate::synth_cli::synth_ct(&args),
         Some(Command::ScoreCxr(args)) => crate::synth_cli::score_cxr(&args),
         Some(Command::Eval(args)) => crate::eval_cli::run(&args),
         Some(Command::Pacs(args)) => crate::pacs_cli::run_pacs(&args, &store_dir),

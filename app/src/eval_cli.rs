@@ -17,6 +17,12 @@
 //!   Series Instance UID, the Study Instance UID, or the name of the folder holding the series),
 //!   the centre in patient mm (`x`, `y`, `z` or LUNA16's `coordX`, `coordY`, `coordZ`) and
 //!   `diameter_mm` (or `diameter`). Every series in the folder is a scan, with or without nodules.
+//! * **CT denoising**: a folder with `pairs.csv`: one row per pair of series of the same slices, a
+//!   low-dose one (`low`, `quarter`, `input`) and its reference (`reference`, `routine`, `full`),
+//!   each a folder relative to the data folder (as `lucent synth-ct --kind dose-pairs` writes). The
+//!   model denoises the low-dose series through `inference::ct::denoise`, as the workstation does;
+//!   PSNR and SSIM of the input and of the output against the reference are measured per slice in
+//!   the [-1000, 400] HU window (`inference::eval::ssim`, scikit-image's definition).
 //!
 //! The metrics are `inference::eval`'s (AUROC with a 2000-resample percentile bootstrap, the
 //! confusion at the manifest threshold, the threshold for `--sensitivity`, FROC and CPM). Output: a
@@ -29,7 +35,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
-use inference::eval::{self, BinaryMetrics, Bootstrap, Froc, FrocOptions, ScanCase};
+use inference::eval::{self, BinaryMetrics, Bootstrap, Froc, FrocOptions, ImageWindow, ScanCase};
 use inference::manifest::{OutputKind, PreprocessingKind};
 use inference::{JobContext, ModelManifest, Registry, SessionOptions};
 use serde::Serialize;
@@ -37,7 +43,8 @@ use serde::Serialize;
 /// Arguments of `lucent eval`.
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
-    /// The labelled folder: `labels.csv` + radiographs, or DICOM series + `nodules.csv`.
+    /// The labelled folder: `labels.csv` + radiographs, DICOM series + `nodules.csv`, or
+    /// low-dose / reference series + `pairs.csv`.
     #[arg(long, value_name = "DIR")]
     pub data: PathBuf,
     /// Evaluate only this model (default: every ready model that applies to the folder).
@@ -139,7 +146,38 @@ pub struct ModelEval {
     /// Manifest labels the reference does not give.
     pub not_labelled: Vec<String>,
     pub froc: Option<Froc>,
+    /// Image quality of a denoiser (`ct_denoise`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub denoise: Option<DenoiseEval>,
     pub case_scores: Vec<CaseScores>,
+}
+
+/// PSNR (dB) and SSIM of one image, or their means over slices.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Quality {
+    pub psnr_db: f64,
+    pub ssim: f64,
+}
+
+/// One slice of a denoising pair: the low-dose input and the model's output against the reference.
+#[derive(Debug, Clone, Serialize)]
+pub struct SliceQuality {
+    pub case: String,
+    /// Index in the series' z order.
+    pub slice: usize,
+    pub input: Quality,
+    pub output: Quality,
+}
+
+/// A denoiser's evaluation: means over every slice of every pair, and each slice.
+#[derive(Debug, Clone, Serialize)]
+pub struct DenoiseEval {
+    pub window: ImageWindow,
+    pub pairs: usize,
+    pub slices: usize,
+    pub input: Quality,
+    pub output: Quality,
+    pub per_slice: Vec<SliceQuality>,
 }
 
 /// The result of `lucent eval`.
@@ -210,9 +248,10 @@ pub fn evaluate(options: &EvalOptions, progress: &dyn Fn(EvalProgress), cancel: 
     );
     let cxr_labels = options.data.join("labels.csv");
     let nodules = options.data.join("nodules.csv");
+    let pairs = options.data.join("pairs.csv");
     anyhow::ensure!(
-        cxr_labels.is_file() || nodules.is_file(),
-        "{} has neither labels.csv (radiographs) nor nodules.csv (CT nodules)",
+        cxr_labels.is_file() || nodules.is_file() || pairs.is_file(),
+        "{} has no labels.csv (radiographs), nodules.csv (CT nodules) or pairs.csv (low-dose / reference CT)",
         options.data.display()
     );
     inference::runtime::runtime().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -220,14 +259,17 @@ pub fn evaluate(options: &EvalOptions, progress: &dyn Fn(EvalProgress), cancel: 
         &crate::ai::model_folders(),
         SessionOptions { intra_threads: options.threads.max(1), execution: inference::ExecutionPreference::Cpu },
     );
-    let models = pick_models(&registry, options, cxr_labels.is_file(), nodules.is_file())?;
-    let cxr_set = if cxr_labels.is_file() { Some(read_cxr_set(&options.data, &cxr_labels)?) } else { None };
-    let ct_set = if nodules.is_file() { Some(read_ct_set(&options.data, &nodules)?) } else { None };
+    let have = Have { cxr: cxr_labels.is_file(), ct: nodules.is_file(), pairs: pairs.is_file() };
+    let models = pick_models(&registry, options, have)?;
+    let cxr_set = if have.cxr { Some(read_cxr_set(&options.data, &cxr_labels)?) } else { None };
+    let ct_set = if have.ct { Some(read_ct_set(&options.data, &nodules)?) } else { None };
+    let pair_set = if have.pairs { Some(read_pairs(&options.data, &pairs)?) } else { None };
     let total: usize = models
         .iter()
         .map(|m| match task_of(m) {
             Some(Task::Cxr) => cxr_set.as_ref().map_or(0, |s| s.rows.len()),
             Some(Task::CtDetection) => ct_set.as_ref().map_or(0, |s| s.scans.len()),
+            Some(Task::CtDenoise) => pair_set.as_ref().map_or(0, Vec::len),
             None => 0,
         })
         .sum();
@@ -254,6 +296,10 @@ pub fn evaluate(options: &EvalOptions, progress: &dyn Fn(EvalProgress), cancel: 
             },
             Some(Task::CtDetection) => match &ct_set {
                 Some(set) => eval_ct(&registry, manifest, set, options, &mut tick, cancel)?,
+                None => continue,
+            },
+            Some(Task::CtDenoise) => match &pair_set {
+                Some(set) => eval_denoise(&registry, manifest, set, &mut tick, cancel)?,
                 None => continue,
             },
             None => continue,
@@ -288,6 +334,25 @@ pub fn evaluate(options: &EvalOptions, progress: &dyn Fn(EvalProgress), cancel: 
 enum Task {
     Cxr,
     CtDetection,
+    CtDenoise,
+}
+
+/// Which references the data folder holds.
+#[derive(Debug, Clone, Copy)]
+struct Have {
+    cxr: bool,
+    ct: bool,
+    pairs: bool,
+}
+
+impl Have {
+    fn task(&self, task: Task) -> bool {
+        match task {
+            Task::Cxr => self.cxr,
+            Task::CtDetection => self.ct,
+            Task::CtDenoise => self.pairs,
+        }
+    }
 }
 
 fn task_of(m: &ModelManifest) -> Option<Task> {
@@ -298,16 +363,14 @@ fn task_of(m: &ModelManifest) -> Option<Task> {
         {
             Some(Task::CtDetection)
         }
+        PreprocessingKind::CtSlice if m.outputs.iter().any(|o| o.kind == OutputKind::DenoisedImage) => {
+            Some(Task::CtDenoise)
+        }
         _ => None,
     }
 }
 
-fn pick_models(
-    registry: &Registry,
-    options: &EvalOptions,
-    have_cxr: bool,
-    have_ct: bool,
-) -> Result<Vec<std::sync::Arc<ModelManifest>>> {
+fn pick_models(registry: &Registry, options: &EvalOptions, have: Have) -> Result<Vec<std::sync::Arc<ModelManifest>>> {
     if let Some(id) = &options.model {
         let entry = registry.get(id).with_context(|| format!("no model with id {id:?} (see `lucent models`)"))?;
         if let Some(reason) = entry.status.reason() {
@@ -315,13 +378,15 @@ fn pick_models(
         }
         let manifest = entry.manifest.clone().with_context(|| format!("model {id} has no manifest"))?;
         match task_of(&manifest) {
-            Some(Task::Cxr) if have_cxr => {}
-            Some(Task::CtDetection) if have_ct => {}
+            Some(task) if have.task(task) => {}
             Some(Task::Cxr) => anyhow::bail!("model {id} reads radiographs, but the folder has no labels.csv"),
             Some(Task::CtDetection) => {
                 anyhow::bail!("model {id} detects CT nodules, but the folder has no nodules.csv")
             }
-            None => anyhow::bail!("model {id} has no evaluation here (only CXR findings and CT nodule detection)"),
+            Some(Task::CtDenoise) => anyhow::bail!("model {id} denoises CT, but the folder has no pairs.csv"),
+            None => anyhow::bail!(
+                "model {id} has no evaluation here (only CXR findings, CT nodule detection and CT denoising)"
+            ),
         }
         return Ok(vec![manifest]);
     }
@@ -329,11 +394,7 @@ fn pick_models(
         .ready()
         .filter_map(|e| e.manifest.clone())
         .filter(|m| !m.test_only || options.include_test_models)
-        .filter(|m| match task_of(m) {
-            Some(Task::Cxr) => have_cxr,
-            Some(Task::CtDetection) => have_ct,
-            None => false,
-        })
+        .filter(|m| task_of(m).is_some_and(|t| have.task(t)))
         .collect();
     anyhow::ensure!(
         !models.is_empty(),
@@ -583,6 +644,7 @@ fn eval_cxr(
         labels,
         not_labelled,
         froc: None,
+        denoise: None,
         case_scores: scored
             .into_iter()
             .map(|(i, scores)| CaseScores { case: file_name(&set.rows[i].image), scores, candidates: Vec::new() })
@@ -737,7 +799,138 @@ fn eval_ct(
         labels: vec![LabelEval { label, index: 0, reference: "scan has a nodule".into(), metrics }],
         not_labelled: Vec::new(),
         froc: Some(froc),
+        denoise: None,
         case_scores,
+    })
+}
+
+// ------------------------------------------------------------------------------------------------
+// CT denoising
+
+/// A low-dose series and its reference, as folders relative to the data folder.
+struct Pair {
+    low: PathBuf,
+    reference: PathBuf,
+    /// The low-dose folder as written in `pairs.csv`.
+    name: String,
+}
+
+fn read_pairs(dir: &Path, pairs_csv: &Path) -> Result<Vec<Pair>> {
+    let (header, rows) = read_csv(pairs_csv)?;
+    let low = column(&header, &["low", "quarter", "input", "low dose"])
+        .with_context(|| format!("{}: no low-dose column (low, quarter, input)", pairs_csv.display()))?;
+    let reference = column(&header, &["reference", "routine", "full", "full dose"])
+        .with_context(|| format!("{}: no reference column (reference, routine, full)", pairs_csv.display()))?;
+    let mut pairs = Vec::new();
+    for (line, row) in rows.iter().enumerate() {
+        let (Some(l), Some(r)) = (row.get(low).filter(|v| !v.is_empty()), row.get(reference).filter(|v| !v.is_empty()))
+        else {
+            anyhow::bail!("{} line {}: a low-dose and a reference folder are needed", pairs_csv.display(), line + 2);
+        };
+        pairs.push(Pair { low: dir.join(l), reference: dir.join(r), name: l.clone() });
+    }
+    anyhow::ensure!(!pairs.is_empty(), "{} lists no pairs", pairs_csv.display());
+    Ok(pairs)
+}
+
+/// A folder's CT stack in HU, in z order: (values, [nx, ny, nz], spacing, patient_from_voxel).
+fn load_hu_stack(folder: &Path) -> Result<pacs::volume::Volume> {
+    let threads = pacs::volume::default_threads();
+    let files = crate::info::list_files(folder);
+    anyhow::ensure!(!files.is_empty(), "no files in {}", folder.display());
+    let plan = pacs::volume::scan_series(&files, threads)?.into_iter().next().context("no image stack")?;
+    Ok(pacs::volume::load_stack(plan, threads, None)?)
+}
+
+fn eval_denoise(
+    registry: &Registry,
+    manifest: &ModelManifest,
+    pairs: &[Pair],
+    tick: &mut dyn FnMut(usize),
+    cancel: &AtomicBool,
+) -> Result<ModelEval> {
+    let mut session = registry.open(&manifest.id).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ctx = JobContext::detached();
+    let window = ImageWindow::CHEST;
+    let mut per_slice = Vec::new();
+    let mut skipped = Vec::new();
+    let mut done = 0usize;
+    for pair in pairs {
+        anyhow::ensure!(!cancel.load(Ordering::Relaxed), "cancelled");
+        let measured = (|| -> Result<Vec<SliceQuality>> {
+            let low = load_hu_stack(&pair.low).context("low-dose series")?;
+            let reference = load_hu_stack(&pair.reference).context("reference series")?;
+            anyhow::ensure!(
+                low.dims() == reference.dims(),
+                "the low-dose series is {:?} voxels, the reference {:?}",
+                low.dims(),
+                reference.dims()
+            );
+            let (input, truth) = (low.to_modality_f32(), reference.to_modality_f32());
+            let volume = inference::ct::HuVolume::new(
+                inference::ct::HuSamples::F32(&input),
+                low.dims(),
+                low.plan.spacing_mm,
+                low.plan.patient_from_voxel,
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let output = inference::ct::denoise(&mut session, &volume, 8, &ctx).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let [nx, ny, nz] = low.dims();
+            let quality = |test: &[f32], reference: &[f32]| -> Result<Quality> {
+                Ok(Quality {
+                    psnr_db: eval::psnr(reference, test, nx, ny, &window)?.unwrap_or(f64::INFINITY),
+                    ssim: eval::ssim(reference, test, nx, ny, &window)?,
+                })
+            };
+            (0..nz)
+                .map(|z| {
+                    let r = z * nx * ny..(z + 1) * nx * ny;
+                    Ok(SliceQuality {
+                        case: pair.name.clone(),
+                        slice: z,
+                        input: quality(&input[r.clone()], &truth[r.clone()])?,
+                        output: quality(&output[r.clone()], &truth[r])?,
+                    })
+                })
+                .collect()
+        })();
+        match measured {
+            Ok(slices) => {
+                per_slice.extend(slices);
+                done += 1;
+            }
+            Err(e) => skipped.push(format!("{}: {e:#}", pair.name)),
+        }
+        tick(1);
+    }
+    anyhow::ensure!(!per_slice.is_empty(), "no pair could be evaluated: {}", skipped.join("; "));
+    let mean = |f: &dyn Fn(&SliceQuality) -> Quality| {
+        let n = per_slice.len() as f64;
+        Quality {
+            psnr_db: per_slice.iter().map(|s| f(s).psnr_db).sum::<f64>() / n,
+            ssim: per_slice.iter().map(|s| f(s).ssim).sum::<f64>() / n,
+        }
+    };
+    let denoise = DenoiseEval {
+        window,
+        pairs: done,
+        slices: per_slice.len(),
+        input: mean(&|s| s.input),
+        output: mean(&|s| s.output),
+        per_slice,
+    };
+    Ok(ModelEval {
+        model_id: manifest.id.clone(),
+        model_name: manifest.name.clone(),
+        model_version: manifest.version.clone(),
+        task: "ct_denoise".into(),
+        cases: done,
+        skipped,
+        labels: Vec::new(),
+        not_labelled: Vec::new(),
+        froc: None,
+        denoise: Some(denoise),
+        case_scores: Vec::new(),
     })
 }
 
@@ -772,9 +965,32 @@ pub fn format_table(report: &EvalReport) -> String {
             m.model_version,
             report.data,
             m.cases,
-            if m.task == "cxr" { "images" } else { "scans" },
+            match m.task.as_str() {
+                "cxr" => "images",
+                "ct_denoise" => "pairs",
+                _ => "scans",
+            },
             if m.skipped.is_empty() { String::new() } else { format!(", {} skipped", m.skipped.len()) }
         );
+        if let Some(d) = &m.denoise {
+            s += &format!(
+                "  {} slices, HU window [{}, {}]: PSNR dB / SSIM against the reference\n",
+                d.slices, d.window.min_hu, d.window.max_hu
+            );
+            s += &format!("  {:<20} {:>8.2} / {:.3}\n", "low-dose input", d.input.psnr_db, d.input.ssim);
+            s += &format!(
+                "  {:<20} {:>8.2} / {:.3}  ({:+.2} dB, {:+.3})\n",
+                "denoised",
+                d.output.psnr_db,
+                d.output.ssim,
+                d.output.psnr_db - d.input.psnr_db,
+                d.output.ssim - d.input.ssim
+            );
+            for k in m.skipped.iter().take(5) {
+                s += &format!("  skipped {k}\n");
+            }
+            continue;
+        }
         s += &format!(
             "  {:<36} {:>9}  {:<18} {:>6} {:>5} {:>5} {:>5}  thr@sens {:.2}\n",
             "label (reference)", "pos/neg", "AUROC (95% CI)", "thr", "sens", "spec", "PPV", report.target_sensitivity

@@ -1,6 +1,7 @@
 //! The PNG plot of `lucent eval`: one ROC panel per model with a curve per label (its AUROC in the
 //! legend), and a FROC panel for CT detectors (sensitivity against false positives per scan, log
-//! scale 1/16 to 16). Drawn with `plotters` into an RGB buffer (text through ab_glyph and Lucent's
+//! scale 1/16 to 16), and a PSNR panel for CT denoisers (each slice's PSNR, low-dose input and
+//! denoised, against the reference). Drawn with `plotters` into an RGB buffer (text through ab_glyph and Lucent's
 //! bundled font, so nothing is looked up on the system) and written with `image`.
 
 use std::path::Path;
@@ -46,6 +47,68 @@ fn err(e: impl std::fmt::Display) -> anyhow::Error {
 }
 
 type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+
+/// What a panel shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Panel {
+    Roc,
+    Froc,
+    Denoise,
+}
+
+fn denoise_panel(area: &Area<'_>, model: &ModelEval) -> Result<()> {
+    let Some(d) = &model.denoise else { return Ok(()) };
+    let values = d.per_slice.iter().flat_map(|s| [s.input.psnr_db, s.output.psnr_db]).filter(|v| v.is_finite());
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let (lo, hi) = if lo.is_finite() { ((lo - 1.0).floor(), (hi + 1.0).ceil()) } else { (0.0, 1.0) };
+    let n = d.per_slice.len();
+    let mut chart = ChartBuilder::on(area)
+        .caption(
+            format!(
+                "PSNR: {} {} ({} slices; mean {:.2} -> {:.2} dB)",
+                model.model_id, model.model_version, n, d.input.psnr_db, d.output.psnr_db
+            ),
+            (FONT, 22),
+        )
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(56)
+        .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), lo..hi)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("slice (pairs in order)")
+        .x_labels(n.clamp(2, 12))
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_desc(format!("PSNR dB, HU window [{}, {}]", d.window.min_hu, d.window.max_hu))
+        .label_style((FONT, 15))
+        .axis_desc_style((FONT, 16))
+        .max_light_lines(1)
+        .light_line_style(RGBColor(240, 240, 240))
+        .draw()
+        .map_err(err)?;
+    for (name, colour, pick) in [
+        ("low-dose input", RGBColor(120, 120, 120), (|s| s.input.psnr_db) as fn(&crate::eval_cli::SliceQuality) -> f64),
+        ("denoised", COLOURS[0], |s| s.output.psnr_db),
+    ] {
+        let points: Vec<(f64, f64)> = d.per_slice.iter().enumerate().map(|(k, s)| (k as f64, pick(s))).collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))
+            .map_err(err)?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(3)));
+        chart.draw_series(points.into_iter().map(|p| Circle::new(p, 4, colour.filled()))).map_err(err)?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .label_font((FONT, 16))
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+    Ok(())
+}
 
 fn roc_panel(area: &Area<'_>, model: &ModelEval) -> Result<()> {
     let mut chart = ChartBuilder::on(area)
@@ -164,13 +227,16 @@ fn froc_panel(area: &Area<'_>, model: &ModelEval) -> Result<()> {
 /// Renders the report's plot as an RGB image (`None` when there is nothing to draw).
 pub fn render(report: &EvalReport) -> Result<Option<image::RgbImage>> {
     register_font()?;
-    let mut panels: Vec<(&ModelEval, bool)> = Vec::new();
+    let mut panels: Vec<(&ModelEval, Panel)> = Vec::new();
     for m in &report.models {
+        if m.denoise.is_some() {
+            panels.push((m, Panel::Denoise));
+        }
         if m.froc.is_some() {
-            panels.push((m, true));
+            panels.push((m, Panel::Froc));
         }
         if m.labels.iter().any(|l| l.metrics.roc.is_some()) {
-            panels.push((m, false));
+            panels.push((m, Panel::Roc));
         }
     }
     if panels.is_empty() {
@@ -184,8 +250,12 @@ pub fn render(report: &EvalReport) -> Result<Option<image::RgbImage>> {
         let root = BitMapBackend::with_buffer(&mut buffer, (w, h)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
         let areas = root.split_evenly((rows as usize, cols as usize));
-        for ((model, is_froc), area) in panels.iter().zip(areas.iter()) {
-            if *is_froc { froc_panel(area, model)? } else { roc_panel(area, model)? }
+        for ((model, panel), area) in panels.iter().zip(areas.iter()) {
+            match panel {
+                Panel::Roc => roc_panel(area, model)?,
+                Panel::Froc => froc_panel(area, model)?,
+                Panel::Denoise => denoise_panel(area, model)?,
+            }
         }
         root.present().map_err(err)?;
     }

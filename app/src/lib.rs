@@ -9,7 +9,8 @@
 //! * [`demo`]: the bundled demo studies, generated deterministically by Lucent itself.
 //! * [`eval_cli`] / [`eval_plot`]: `lucent eval` (AUROC with bootstrap intervals, operating points, FROC
 //!   over a labelled folder) and its ROC / FROC plot; the GUI's evaluation window uses the same code.
-//! * [`synth_cli`]: `synth-cxr` (CXR training data from the demo's generator) and `score-cxr`.
+//! * [`synth_cli`]: `synth-cxr` (CXR training data from the demo's generator), `score-cxr`, and
+//!   `synth-ct` (CT evaluation sets: scans with nodules, routine / quarter-dose pairs).
 //! * [`reporting`]: reading results to `report` inputs (sides, lobes, key images) and the exports (PDF, SR, FHIR).
 //! * [`report_cli`]: `read --report/--sr/--fhir/--lang`, `audit verify`, `report list|show|sign|addendum|add-user|stats`.
 //! * [`pacs_cli`]: `pacs echo|find|get|move|store|node` and `scp` (DIMSE through `pacs::net`).

@@ -1,6 +1,7 @@
 //! `lucent synth-cxr` (training data from the demo's own radiograph generator) and
 //! `lucent score-cxr` (a CXR model's scores for many images, through Lucent's own pipeline), the
-//! two verbs `models/training/cxr.py` drives.
+//! two verbs `models/training/cxr.py` drives, and `lucent synth-ct` (CT evaluation sets: scans
+//! with nodules, routine / quarter-dose pairs) that the CT training scripts and CI evaluate on.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -99,36 +100,31 @@ fn write_case(args: &SynthCxrArgs, index: usize) -> Result<CaseRow> {
     Ok(CaseRow { index, line, json })
 }
 
-/// `lucent synth-cxr`.
-pub fn synth_cxr(args: &SynthCxrArgs) -> Result<()> {
-    anyhow::ensure!(args.count > 0, "--count must be at least 1");
-    for sub in ["images", "masks"] {
-        let dir = args.out.join(sub);
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let threads = args.threads.unwrap_or_else(pacs::volume::default_threads).clamp(1, 64);
-    let next = std::sync::atomic::AtomicUsize::new(args.start);
-    let end = args.start + args.count;
-    let rows: Mutex<Vec<CaseRow>> = Mutex::new(Vec::with_capacity(args.count));
-    let started = std::time::Instant::now();
-    let done = std::sync::atomic::AtomicUsize::new(0);
+/// Runs `work` on every index of `range` on up to `threads` named threads (`<name>-N`), each taking
+/// the next index; the first error stops the others after their current index and is returned.
+fn for_each_parallel(
+    range: std::ops::Range<usize>,
+    threads: usize,
+    name: &str,
+    work: impl Fn(usize) -> Result<()> + Sync,
+) -> Result<()> {
+    let next = std::sync::atomic::AtomicUsize::new(range.start);
+    let failed = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|scope| -> Result<()> {
         let mut handles = Vec::new();
-        for t in 0..threads {
-            let (next, rows, done) = (&next, &rows, &done);
-            let handle = std::thread::Builder::new().name(format!("lucent-synth-{t}")).spawn_scoped(
+        for t in 0..threads.clamp(1, 64).min(range.len().max(1)) {
+            let (next, failed, work, end) = (&next, &failed, &work, range.end);
+            let handle = std::thread::Builder::new().name(format!("{name}-{t}")).spawn_scoped(
                 scope,
                 move || -> Result<()> {
                     loop {
                         let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if index >= end {
+                        if index >= end || failed.load(std::sync::atomic::Ordering::Relaxed) {
                             return Ok(());
                         }
-                        let row = write_case(args, index)?;
-                        rows.lock().map_err(|_| anyhow::anyhow!("a worker panicked"))?.push(row);
-                        let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                        if n % 250 == 0 {
-                            eprintln!("{n}/{} cases", args.count);
+                        if let Err(e) = work(index) {
+                            failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                            return Err(e);
                         }
                     }
                 },
@@ -136,7 +132,29 @@ pub fn synth_cxr(args: &SynthCxrArgs) -> Result<()> {
             handles.push(handle);
         }
         for h in handles {
-            h.join().map_err(|_| anyhow::anyhow!("a synth worker panicked"))??;
+            h.join().map_err(|_| anyhow::anyhow!("a {name} worker panicked"))??;
+        }
+        Ok(())
+    })
+}
+
+/// `lucent synth-cxr`.
+pub fn synth_cxr(args: &SynthCxrArgs) -> Result<()> {
+    anyhow::ensure!(args.count > 0, "--count must be at least 1");
+    for sub in ["images", "masks"] {
+        let dir = args.out.join(sub);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let threads = args.threads.unwrap_or_else(pacs::volume::default_threads);
+    let rows: Mutex<Vec<CaseRow>> = Mutex::new(Vec::with_capacity(args.count));
+    let started = std::time::Instant::now();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    for_each_parallel(args.start..args.start + args.count, threads, "lucent-synth", |index| {
+        let row = write_case(args, index)?;
+        rows.lock().map_err(|_| anyhow::anyhow!("a worker panicked"))?.push(row);
+        let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if n.is_multiple_of(250) {
+            eprintln!("{n}/{} cases", args.count);
         }
         Ok(())
     })?;
@@ -159,6 +177,183 @@ pub fn synth_cxr(args: &SynthCxrArgs) -> Result<()> {
     }
     cases.flush()?;
     eprintln!("wrote {} case(s) to {} in {:.1} s", rows.len(), args.out.display(), started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// What `lucent synth-ct` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SynthCtKind {
+    /// Chest CTs with 1-4 nodules each, every third none (solid, part-solid, ground glass; 4-25 mm),
+    /// and `nodules.csv`.
+    Nodules,
+    /// The same chest acquired at routine and at quarter dose (projection-domain noise, filtered
+    /// back-projection): `<case>/routine`, `<case>/quarter` and `pairs.csv`.
+    DosePairs,
+}
+
+/// Arguments of `lucent synth-ct`.
+#[derive(Debug, clap::Args)]
+pub struct SynthCtArgs {
+    /// Output folder (one sub-folder per case).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, value_enum)]
+    pub kind: SynthCtKind,
+    /// Number of cases.
+    #[arg(long)]
+    pub count: usize,
+    /// Seed: case `k` is `<seed>-<k>` (three digits), fully deterministic.
+    #[arg(long)]
+    pub seed: String,
+    /// Pixels per side (default: 256 for nodules, 512 for dose pairs); the field of view is 350 mm.
+    #[arg(long)]
+    pub size: Option<u16>,
+    /// Slices per scan (default: 70 of 2.5 mm for nodules, 4 of 5 mm for dose pairs).
+    #[arg(long)]
+    pub slices: Option<usize>,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// One synthetic CT case: the series to write (folder name, spec) and its nodules.
+struct CtCase {
+    series: Vec<(String, synth::CtSeriesSpec)>,
+    nodules: Vec<synth::Nodule>,
+    name: String,
+}
+
+/// A deterministic draw in [0, 1) for `what` of case `id`.
+fn draw(id: &str, what: u64) -> f64 {
+    let hash = id.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3));
+    synth::unit(synth::mix64(hash ^ what.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+}
+
+/// Nodules inside the phantom's lungs (centre in lung parenchyma, the whole sphere clear of the
+/// other nodules), between `z_range` in patient mm.
+fn sample_nodules(id: &str, count: usize, z_range: [f64; 2]) -> Vec<synth::Nodule> {
+    let mut nodules: Vec<synth::Nodule> = Vec::new();
+    let mut attempt = 0u64;
+    while nodules.len() < count && attempt < 1000 {
+        attempt += 1;
+        let d = |k: u64| draw(id, attempt * 16 + k);
+        let diameter_mm = 4.0 * 6.25f64.powf(d(0)); // log-uniform 4-25 mm
+        let kind = match d(1) {
+            u if u < 0.5 => synth::NoduleKind::Solid,
+            u if u < 0.8 => synth::NoduleKind::GroundGlass,
+            _ => synth::NoduleKind::PartSolid,
+        };
+        let side = if d(2) < 0.5 { -1.0 } else { 1.0 };
+        let center_mm =
+            [side * (20.0 + 110.0 * d(3)), -70.0 + 140.0 * d(4), z_range[0] + (z_range[1] - z_range[0]) * d(5)];
+        let r = diameter_mm / 2.0;
+        // The centre and six points at 0.7 radius in lung (not wall, heart or vessel).
+        let offsets = [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, -1.0, 0.0]];
+        let in_lung = offsets.iter().chain([[0.0, 0.0, 1.0], [0.0, 0.0, -1.0]].iter()).all(|o| {
+            let p = [0, 1, 2].map(|a| center_mm[a] + o[a] * 0.7 * r);
+            synth::chest_phantom_hu(p, &[]) < -700.0
+        });
+        let clear = nodules.iter().all(|n| {
+            let dist = (0..3).map(|a| (n.center_mm[a] - center_mm[a]).powi(2)).sum::<f64>().sqrt();
+            dist > (n.diameter_mm + diameter_mm) / 2.0 + 10.0
+        });
+        if in_lung && clear {
+            nodules.push(synth::Nodule { center_mm, diameter_mm, kind });
+        }
+    }
+    nodules
+}
+
+fn ct_case(args: &SynthCtArgs, index: usize) -> CtCase {
+    let name = format!("{}-{index:03}", args.seed);
+    match args.kind {
+        SynthCtKind::Nodules => {
+            let (size, slices) = (args.size.unwrap_or(256), args.slices.unwrap_or(70));
+            // 1-4 nodules, and every third scan none, in the lungs' middle, where the scan lies.
+            let count = if index % 3 == 2 { 0 } else { 1 + ((draw(&name, 1) * 4.0) as usize).min(3) };
+            let mut spec = synth::CtSeriesSpec::chest(&name, slices, size);
+            let top = -60.0 - 20.0 * draw(&name, 2);
+            spec.origin_mm[2] = top - slices as f64 * spec.slice_spacing_mm;
+            spec.noise_hu = 10.0 + 20.0 * draw(&name, 3);
+            spec.description = "Synthetic chest CT (evaluation)".into();
+            let margin = 12.0;
+            spec.nodules = sample_nodules(&name, count, [spec.origin_mm[2] + margin, top - margin]);
+            CtCase { nodules: spec.nodules.clone(), series: vec![(name.clone(), spec)], name }
+        }
+        SynthCtKind::DosePairs => {
+            let (size, slices) = (args.size.unwrap_or(512), args.slices.unwrap_or(4));
+            let mut base = synth::CtSeriesSpec::chest(&name, slices, size);
+            base.slice_spacing_mm = 5.0;
+            base.slice_thickness_mm = 5.0;
+            base.origin_mm[2] = -220.0 + 140.0 * draw(&name, 2);
+            let span = slices as f64 * base.slice_spacing_mm;
+            base.nodules = sample_nodules(&name, 2, [base.origin_mm[2], base.origin_mm[2] + span]);
+            base.noise_hu = 0.0;
+            let routine = synth::dose::SimulatedDose::ROUTINE;
+            let series =
+                [("routine", routine, 2, "routine dose"), ("quarter", routine.scaled(0.25), 3, "quarter dose")]
+                    .into_iter()
+                    .map(|(folder, dose, number, what)| {
+                        let spec = synth::CtSeriesSpec {
+                            seed: format!("{name}/{folder}"),
+                            patient: base.patient.clone(),
+                            series_number: number,
+                            description: format!("Synthetic chest CT, {what} (simulated)"),
+                            dose: Some(dose),
+                            ..base.clone()
+                        };
+                        (format!("{name}/{folder}"), spec)
+                    })
+                    .collect();
+            CtCase { nodules: base.nodules.clone(), series, name }
+        }
+    }
+}
+
+/// `lucent synth-ct`.
+pub fn synth_ct(args: &SynthCtArgs) -> Result<()> {
+    anyhow::ensure!(args.count > 0, "--count must be at least 1");
+    anyhow::ensure!(args.size.is_none_or(|s| s >= 32), "--size must be at least 32");
+    anyhow::ensure!(args.slices.is_none_or(|s| s >= 1), "--slices must be at least 1");
+    let started = std::time::Instant::now();
+    let cases: Vec<CtCase> = (0..args.count).map(|k| ct_case(args, k)).collect();
+    let jobs: Vec<&(String, synth::CtSeriesSpec)> = cases.iter().flat_map(|c| c.series.iter()).collect();
+    let threads = args.threads.unwrap_or_else(pacs::volume::default_threads);
+    for_each_parallel(0..jobs.len(), threads, "lucent-synth-ct", |k| {
+        let (folder, spec) = jobs[k];
+        synth::write_ct_series(&args.out.join(folder), spec).with_context(|| format!("writing {folder}"))?;
+        Ok(())
+    })?;
+    let mut csv = String::new();
+    match args.kind {
+        SynthCtKind::Nodules => {
+            csv += "series,x,y,z,diameter_mm,kind\n";
+            for c in &cases {
+                if c.nodules.is_empty() {
+                    csv += &format!("{},,,,,\n", c.name);
+                }
+                for n in &c.nodules {
+                    let [x, y, z] = n.center_mm;
+                    csv += &format!("{},{x:.2},{y:.2},{z:.2},{:.2},{:?}\n", c.name, n.diameter_mm, n.kind);
+                }
+            }
+            std::fs::write(args.out.join("nodules.csv"), csv).context("writing nodules.csv")?;
+        }
+        SynthCtKind::DosePairs => {
+            csv += "low,reference,dose_fraction\n";
+            for c in &cases {
+                csv += &format!("{0}/quarter,{0}/routine,0.25\n", c.name);
+            }
+            std::fs::write(args.out.join("pairs.csv"), csv).context("writing pairs.csv")?;
+        }
+    }
+    eprintln!(
+        "wrote {} case(s) ({} series) to {} in {:.1} s",
+        cases.len(),
+        jobs.len(),
+        args.out.display(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! `lucent eval` end to end: the model card's synthetic figures are reproduced from a freshly
 //! generated test set, the NIH figures from `../shared/data` (when present), and the CT path runs
-//! the toy detector on a tiny synthetic volume.
+//! the toy detector on a tiny synthetic volume, and the CT cards' CI sets (`lucent synth-ct`) give the
+//! detector's FROC and the denoisers' PSNR / SSIM their cards list.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
@@ -38,7 +39,29 @@ fn repo() -> PathBuf {
 }
 
 fn card() -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(repo().join("models/lucent-cxr/metrics.json")).unwrap()).unwrap()
+    metrics_of("lucent-cxr")
+}
+
+/// `models/<folder>/metrics.json`, where the card's numbers come from.
+fn metrics_of(folder: &str) -> serde_json::Value {
+    read_json(&repo().join("models").join(folder).join("metrics.json"))
+}
+
+/// Regenerates a card's CI set with `lucent synth-ct` (kind, seed and count from the card) and runs
+/// `lucent eval` on it (`model`, or every model that applies); returns the JSON report.
+fn eval_ci_set(tmp: &Path, ci: &serde_json::Value, model: Option<&str>) -> serde_json::Value {
+    let data = tmp.join("ci-set");
+    let (kind, seed, count) = (ci["kind"].as_str().unwrap(), ci["seed"].as_str().unwrap(), ci["count"].to_string());
+    run_ok(lucent(tmp).args(["synth-ct", "--kind", kind, "--seed", seed, "--count", &count, "--out"]).arg(&data));
+    let json = tmp.join("ci-eval.json");
+    let mut cmd = lucent(tmp);
+    cmd.arg("eval").arg("--data").arg(&data).arg("--json").arg(&json);
+    if let Some(model) = model {
+        cmd.args(["--model", model]);
+    }
+    eprintln!("{}", run_ok(&mut cmd));
+    assert!(json.with_extension("png").is_file());
+    read_json(&json)
 }
 
 fn read_json(path: &Path) -> serde_json::Value {
@@ -221,7 +244,7 @@ fn lucent_eval_explains_bad_input() {
     let out = lucent(tmp.path()).args(["eval", "--data"]).arg(tmp.path()).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("neither labels.csv") && !err.contains("panicked"), "{err}");
+    assert!(err.contains("has no labels.csv") && err.contains("pairs.csv") && !err.contains("panicked"), "{err}");
     if !have_runtime() {
         return;
     }
@@ -234,4 +257,73 @@ fn lucent_eval_explains_bad_input() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no nodules.csv"), "{err}");
+    // A denoiser on a folder without pairs, and a pairs.csv without a reference column.
+    let out = lucent(tmp.path())
+        .args(["eval", "--model", "lucent-ldct-denoise-fast", "--data"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no pairs.csv"));
+    std::fs::remove_file(tmp.path().join("labels.csv")).unwrap();
+    std::fs::write(tmp.path().join("pairs.csv"), "low,other\na,b\n").unwrap();
+    let out = lucent(tmp.path()).args(["eval", "--data"]).arg(tmp.path()).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no reference column") && !err.contains("panicked"), "{err}");
+}
+
+/// The detector's card lists what `lucent eval` gives on the scans `lucent synth-ct` generates from the
+/// card's seed; the same scans, regenerated here, must give the same FROC. Tolerance: every number is
+/// recomputed from the same voxels by the same pipeline, so they agreed exactly when written; one
+/// nodule's worth allows another ONNX Runtime build to move a candidate across the threshold.
+#[test]
+fn lucent_eval_reproduces_the_nodule_cards_ci_figures() {
+    if !have_runtime() {
+        return;
+    }
+    let card = metrics_of("lucent-ldct-nodule");
+    let want = &card["lucent_ci_set"]["froc"];
+    let tmp = tempfile::tempdir().unwrap();
+    let report = eval_ci_set(tmp.path(), &card["lucent_ci_set"], Some("lucent-ldct-nodule"));
+    let got = &report["models"][0]["froc"];
+    assert_eq!(got["scans"], want["scans"]);
+    assert_eq!(got["lesions"], want["lesions"]);
+    let one = 1.0 / f(&want["lesions"]) + 1e-9;
+    assert_close("candidates", f(&got["candidates"]), f(&want["candidates"]), 1.0);
+    assert_close("CPM", f(&got["cpm"]), f(&want["cpm"]), one);
+    for (g, w) in got["at_fp_rates"].as_array().unwrap().iter().zip(want["at_fp_rates"].as_array().unwrap()) {
+        assert_eq!(g[0], w[0]);
+        assert_close(&format!("sensitivity at {} FPs/scan", w[0]), f(&g[1]), f(&w[1]), one);
+    }
+}
+
+/// The denoisers' card lists what `lucent eval` gives on the routine / quarter-dose pairs
+/// `lucent synth-ct` generates from the card's seed; regenerated here, every denoiser must give the
+/// same PSNR and SSIM. The input's figures are exact (integer pixels, the same arithmetic); the
+/// outputs allow 0.01 dB / 0.0002 for another ONNX Runtime build's float rounding.
+#[test]
+fn lucent_eval_reproduces_the_denoiser_cards_ci_figures() {
+    if !have_runtime() {
+        return;
+    }
+    let card = metrics_of("lucent-ldct-denoise");
+    let ci = &card["lucent_ci_set"];
+    let tmp = tempfile::tempdir().unwrap();
+    let report = eval_ci_set(tmp.path(), ci, None);
+    let wanted = ci["lucent"].as_object().unwrap();
+    assert_eq!(report["models"].as_array().unwrap().len(), wanted.len(), "one evaluation per denoiser");
+    for (size, want) in wanted {
+        let id = card[size]["id"].as_str().unwrap();
+        let m = report["models"].as_array().unwrap().iter().find(|m| m["model_id"] == id).unwrap();
+        assert_eq!(m["task"], "ct_denoise");
+        let got = &m["denoise"];
+        assert_eq!(got["slices"], want["slices"]);
+        for key in ["psnr_db", "ssim"] {
+            assert_close(&format!("{id} input {key}"), f(&got["input"][key]), f(&want["input"][key]), 1e-9);
+            let tol = if key == "ssim" { 2e-4 } else { 0.01 };
+            assert_close(&format!("{id} output {key}"), f(&got["output"][key]), f(&want["output"][key]), tol);
+        }
+        // The model helps: the check is only worth having while that is true.
+        assert!(f(&got["output"]["psnr_db"]) > f(&got["input"]["psnr_db"]));
+    }
 }

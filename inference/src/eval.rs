@@ -23,6 +23,11 @@
 //!   *r* false positives per scan is the best sensitivity among operating points with at most *r*
 //!   false positives per scan (no interpolation); the CPM is the mean over 1/8, 1/4, 1/2, 1, 2, 4 and
 //!   8 false positives per scan.
+//! * **Image quality** ([`psnr`], [`ssim`], [`ImageWindow`]): a denoiser against a reference, as
+//!   `models/training/ldct_denoise.py` measures it with scikit-image: both images clipped to a HU
+//!   window and mapped to [0, 1]; PSNR = 10 log10(1 / MSE); SSIM with a 7 x 7 uniform window, sample
+//!   covariances (N - 1), K1 = 0.01, K2 = 0.03, data range 1, averaged over the pixels whose window
+//!   lies inside the image (`structural_similarity`'s defaults).
 
 use serde::Serialize;
 
@@ -548,6 +553,95 @@ pub fn froc(cases: &[ScanCase], options: &FrocOptions) -> Result<Froc> {
     })
 }
 
+// ------------------------------------------------------------------------------------------------
+// Image quality
+
+/// The HU window both images are clipped to and mapped to [0, 1] from before PSNR / SSIM.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ImageWindow {
+    pub min_hu: f64,
+    pub max_hu: f64,
+}
+
+impl ImageWindow {
+    /// Lung to soft tissue: [-1000, 400] HU (the denoiser cards' window).
+    pub const CHEST: Self = Self { min_hu: -1000.0, max_hu: 400.0 };
+
+    /// `hu` clipped to the window, in [0, 1].
+    pub fn unit(&self, hu: f32) -> f64 {
+        ((f64::from(hu) - self.min_hu) / (self.max_hu - self.min_hu)).clamp(0.0, 1.0)
+    }
+
+    fn map(&self, hu: &[f32]) -> Vec<f64> {
+        hu.iter().map(|&v| self.unit(v)).collect()
+    }
+}
+
+fn check_image(reference: &[f32], test: &[f32], width: usize, height: usize) -> Result<()> {
+    if reference.len() != width * height || test.len() != width * height || width == 0 || height == 0 {
+        return Err(Error::Input(format!(
+            "images of {} and {} values for a {width} x {height} comparison",
+            reference.len(),
+            test.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Peak signal-to-noise ratio in dB of `test` against `reference` (HU, `width` x `height`) in
+/// `window`; `None` when they are identical.
+pub fn psnr(reference: &[f32], test: &[f32], width: usize, height: usize, window: &ImageWindow) -> Result<Option<f64>> {
+    check_image(reference, test, width, height)?;
+    let mse = reference.iter().zip(test).map(|(&r, &t)| (window.unit(r) - window.unit(t)).powi(2)).sum::<f64>()
+        / reference.len() as f64;
+    Ok((mse > 0.0).then(|| -10.0 * mse.log10()))
+}
+
+/// Summed-area table of `values` (`width` x `height`), one extra row and column of zeros.
+fn integral(values: &[f64], width: usize, height: usize) -> Vec<f64> {
+    let w1 = width + 1;
+    let mut table = vec![0.0; w1 * (height + 1)];
+    for y in 0..height {
+        let mut row = 0.0;
+        for x in 0..width {
+            row += values[y * width + x];
+            table[(y + 1) * w1 + x + 1] = table[y * w1 + x + 1] + row;
+        }
+    }
+    table
+}
+
+/// Mean structural similarity of `test` against `reference` (HU, `width` x `height`) in `window`:
+/// scikit-image's `structural_similarity(..., data_range=1)` on the windowed images. Needs at least
+/// 7 x 7 pixels.
+pub fn ssim(reference: &[f32], test: &[f32], width: usize, height: usize, window: &ImageWindow) -> Result<f64> {
+    const WIN: usize = 7;
+    check_image(reference, test, width, height)?;
+    if width < WIN || height < WIN {
+        return Err(Error::Input(format!("SSIM needs at least {WIN} x {WIN} pixels, got {width} x {height}")));
+    }
+    let (x, y) = (window.map(reference), window.map(test));
+    let products = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| p * q).collect::<Vec<f64>>();
+    let tables = [&x, &y, &products(&x, &x), &products(&y, &y), &products(&x, &y)].map(|v| integral(v, width, height));
+    let n = (WIN * WIN) as f64;
+    let cov_norm = n / (n - 1.0);
+    let (c1, c2) = (0.01f64.powi(2), 0.03f64.powi(2));
+    let w1 = width + 1;
+    let mut sum = 0.0;
+    for y0 in 0..=height - WIN {
+        for x0 in 0..=width - WIN {
+            let [ux, uy, uxx, uyy, uxy] = tables.each_ref().map(|t| {
+                (t[(y0 + WIN) * w1 + x0 + WIN] - t[y0 * w1 + x0 + WIN] - t[(y0 + WIN) * w1 + x0] + t[y0 * w1 + x0]) / n
+            });
+            let vx = cov_norm * (uxx - ux * ux);
+            let vy = cov_norm * (uyy - uy * uy);
+            let vxy = cov_norm * (uxy - ux * uy);
+            sum += (2.0 * ux * uy + c1) * (2.0 * vxy + c2) / ((ux * ux + uy * uy + c1) * (vx + vy + c2));
+        }
+    }
+    Ok(sum / ((width - WIN + 1) * (height - WIN + 1)) as f64)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -727,5 +821,25 @@ mod tests {
         }];
         let f = froc(&cases, &FrocOptions::default()).unwrap();
         assert_eq!(f.curve.last().map(|p| (p.sensitivity, p.fps_per_scan)), Some((0.5, 0.0)));
+    }
+
+    /// scikit-image 0.26's `peak_signal_noise_ratio` and `structural_similarity` (data_range=1) of
+    /// these two images after the [-1000, 400] HU window, computed once in Python.
+    #[test]
+    fn psnr_and_ssim_match_scikit_image() {
+        let (w, h) = (16usize, 12usize);
+        let reference: Vec<f32> = (0..w * h).map(|k| (-1000 + (k * 37 % 1400) as i32) as f32).collect();
+        let mut test: Vec<f32> =
+            reference.iter().enumerate().map(|(k, &r)| r + ((k * 13 % 50) as f32 - 25.0)).collect();
+        test[5] = 600.0; // outside the window: clipped to 1
+        let window = ImageWindow::CHEST;
+        let p = psnr(&reference, &test, w, h, &window).unwrap().unwrap();
+        assert!((p - 23.949944817681068).abs() < 1e-9, "{p}");
+        let s = ssim(&reference, &test, w, h, &window).unwrap();
+        assert!((s - 0.9902120522959715).abs() < 1e-9, "{s}");
+        assert_eq!(psnr(&reference, &reference, w, h, &window).unwrap(), None);
+        assert!((ssim(&reference, &reference, w, h, &window).unwrap() - 1.0).abs() < 1e-12);
+        assert!(ssim(&reference[..36], &test[..36], 6, 6, &window).is_err());
+        assert!(psnr(&reference, &test[..10], w, h, &window).is_err());
     }
 }

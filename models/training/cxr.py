@@ -40,6 +40,14 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 from skimage.transform import resize as sk_resize  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import lucent_bin as _lucent_bin  # noqa: E402
+
+
+def lucent_bin():
+    return _lucent_bin(log)
+
+
 ROOT = Path(__file__).resolve().parents[2]
 WORK = ROOT / "target" / "lucent-data" / "cxr-training"
 MODEL_DIR = ROOT / "models" / "lucent-cxr"
@@ -101,12 +109,6 @@ def lucent_env():
     return {**os.environ, "LUCENT_MODELS": str(MODEL_DIR.parent)}
 
 
-def lucent_bin():
-    exe = os.environ.get("LUCENT_BIN") or str(ROOT / "target" / "release" / "lucent")
-    if not Path(exe).exists():
-        log("building the lucent binary (cargo build --release -p lucent)")
-        subprocess.run(["cargo", "build", "--release", "-p", "lucent"], cwd=ROOT, check=True)
-    return exe
 
 
 def nih_dir():

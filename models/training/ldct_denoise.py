@@ -7,7 +7,8 @@
 Two sizes of one design (residual CNN: 3x3 conv + batch norm + ReLU, residual modules, residual
 learning: the network predicts the noise and subtracts it):
 
-  fast  32 channels, 3 residual modules (8 conv layers): for CPUs
+  fast  64 channels, 4 residual modules (10 conv layers) on a half-resolution grid (2 x 2 pixel
+        unshuffle in, pixel shuffle out): for CPUs
   full  128 channels, 5 residual modules (12 conv layers): meant for a GPU (trained briefly on CPU)
 
 `all` runs the steps below in order; each can also run alone (they read what the previous one wrote
@@ -28,6 +29,8 @@ under target/lucent-data/ldct-training/):
             (scikit-image), BM3D (`bm3d` package) and both models; timing; Lucent's own pipeline
             (`lucent read --derived`) on the ACRIN series checked against Python + ONNX Runtime;
             manifests, metrics.json and figure.png
+  ci        `lucent synth-ct --kind dose-pairs` (2 pairs of Lucent's own phantom) evaluated by `lucent eval`:
+            the figures CI re-checks (app/tests/eval.rs), with TV / BM3D / Python ONNX Runtime on the same slices
   card      MODEL_CARD.md from metrics.json
 
 Nothing here downloads anything.
@@ -50,10 +53,18 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import lucent_bin as _lucent_bin  # noqa: E402
+
+
+def lucent_bin():
+    return _lucent_bin(log)
+
+
 ROOT = Path(__file__).resolve().parents[2]
 WORK = ROOT / "target" / "lucent-data" / "ldct-training"
 MODEL_DIR = ROOT / "models" / "lucent-ldct-denoise"
-VERSION = "0.1.0"
+VERSION = "0.2.0"  # the card's; each model has its own below (0.2.0: the fast size on a half-resolution grid)
 SEED = 0
 
 # What the manifest declares and Lucent does: clamp HU to the window, to [0, 1], then (x - m) / s.
@@ -65,10 +76,12 @@ EVAL_MIN, EVAL_MAX = -1000.0, 400.0
 FIG_MIN, FIG_MAX = -160.0, 240.0
 
 MODELS = {
-    "fast": {"id": "lucent-ldct-denoise-fast", "channels": 32, "blocks": 3, "steps": 1200, "batch": 16, "patch": 64,
-             "lr": 1e-3, "evals": 7},
+    # fast: the same residual modules on a half-resolution grid (pixel unshuffle 2 x 2 -> 4 channels in, pixel
+    # shuffle back out, as FFDNet does): a 4x cheaper layer buys 64 channels and a receptive field of 42 pixels.
+    "fast": {"id": "lucent-ldct-denoise-fast", "channels": 64, "blocks": 4, "shuffle": 2, "steps": 3000, "batch": 16,
+             "patch": 80, "lr": 1e-3, "evals": 8, "version": "0.2.0"},
     "full": {"id": "lucent-ldct-denoise-full", "channels": 128, "blocks": 5, "steps": 600, "batch": 4, "patch": 48,
-             "lr": 5e-4, "evals": 1},
+             "lr": 5e-4, "evals": 1, "version": "0.1.0"},
 }
 
 # Projection-domain simulation.
@@ -84,6 +97,8 @@ ACRIN_HOLDOUT = range(56, 84)
 ACRIN_VAL = [57, 82]
 ACRIN_TEST = [62, 67, 72, 77]
 SYN_SPLITS = {"train": 36, "val": 2, "test": 4}
+# The set Lucent generates and evaluates itself (`lucent synth-ct --kind dose-pairs`), re-checked by CI.
+CI_SEED, CI_COUNT = "lucent-ldct-denoise-ci", 2
 
 
 def log(msg):
@@ -103,12 +118,6 @@ def real_data_dir():
     return d if d.is_dir() else None
 
 
-def lucent_bin():
-    exe = os.environ.get("LUCENT_BIN") or str(ROOT / "target" / "release" / "lucent")
-    if not Path(exe).exists():
-        log("building the lucent binary (cargo build --release -p lucent)")
-        subprocess.run(["cargo", "build", "--release", "-p", "lucent"], cwd=ROOT, check=True)
-    return exe
 
 
 # ---------------------------------------------------------------------------------------------
@@ -446,14 +455,25 @@ def build_model(kind):
 
         def __init__(self):
             super().__init__()
-            self.head = nn.Sequential(nn.Conv2d(1, c, 3, padding=1), nn.ReLU(inplace=True))
+            self.s = cfg.get("shuffle", 1)
+            k = self.s * self.s
+            self.head = nn.Sequential(nn.Conv2d(k, c, 3, padding=1), nn.ReLU(inplace=True))
             self.blocks = nn.Sequential(*[ResModule() for _ in range(cfg["blocks"])])
-            self.tail = nn.Conv2d(c, 1, 3, padding=1)
+            self.tail = nn.Conv2d(c, k, 3, padding=1)
             nn.init.normal_(self.tail.weight, std=1e-3)
             nn.init.zeros_(self.tail.bias)
 
         def forward(self, x):
-            return x - self.tail(self.blocks(self.head(x)))
+            if self.s == 1:
+                return x - self.tail(self.blocks(self.head(x)))
+            # Odd sizes: pad the last row / column by replication, crop it off at the end (traced into the
+            # ONNX graph, so Lucent feeds any slice size).
+            h, w = x.shape[-2], x.shape[-1]
+            xp = nn.functional.pad(x, (0, (self.s - w % self.s) % self.s, 0, (self.s - h % self.s) % self.s),
+                                   mode="replicate")
+            noise = nn.functional.pixel_shuffle(
+                self.tail(self.blocks(self.head(nn.functional.pixel_unshuffle(xp, self.s)))), self.s)
+            return (xp - noise)[:, :, :h, :w]
 
     torch.manual_seed(SEED)
     return Denoiser()
@@ -512,6 +532,7 @@ def step_train(args):
     val = list(np.load(WORK / "val.npy", allow_pickle=True))
     for kind in args.models:
         cfg = dict(MODELS[kind])
+        cfg["threads"] = args.threads
         if args.quick:
             cfg["steps"] = 20
         if kind == "fast" and args.fast_steps:
@@ -585,7 +606,7 @@ def step_export(args):
         )
         m = onnx.load(str(tmp))
         m.producer_name = "lucent/models/training/ldct_denoise.py"
-        m.producer_version = VERSION
+        m.producer_version = MODELS[kind]["version"]
         m.doc_string = (f"Lucent low-dose CT slice denoiser ({kind}). Research and demonstration only; "
                         "not for diagnosis.")
         onnx.checker.check_model(m, full_check=True)
@@ -649,12 +670,13 @@ def write_manifest(kind, data_info):
     data = (MODEL_DIR / onnx_name(kind)).read_bytes()
     sha = hashlib.sha256(data).hexdigest()
     hist = json.loads((WORK / f"history_{kind}.json").read_text())
-    what = {"fast": "fast CPU size (32 channels, 3 residual modules)",
+    what = {"fast": "fast CPU size (64 channels, 4 residual modules on a half-resolution grid: 2x2 pixel unshuffle in, "
+                    "pixel shuffle out)",
             "full": "full size (128 channels, 5 residual modules; under-trained on CPU, meant for GPU training)"}[kind]
     text = f'''# Generated by models/training/ldct_denoise.py: do not edit by hand. See MODEL_CARD.md.
 id = "{cfg['id']}"
 name = "Lucent low-dose CT slice denoiser, {kind} (trained on simulated quarter-dose pairs)"
-version = "{VERSION}"
+version = "{cfg['version']}"
 file = "{onnx_name(kind)}"
 sha256 = "{sha}"
 license = "MIT OR Apache-2.0"
@@ -924,12 +946,13 @@ def step_card(args):
         t = m[k]["train"]
         h = m[k]["history"]
         train_lines.append(
-            f"* **{k}** (`{m[k]['id']}`): {t['channels']} channels, {t['blocks']} residual modules, "
+            f"* **{k}** (`{m[k]['id']}`): {t['channels']} channels, {t['blocks']} residual modules"
+            f"{' on the half-resolution grid' if t.get('shuffle', 1) > 1 else ''}, "
             f"{m[k]['parameters']:,} parameters; {t['steps']} steps x {t['batch']} patches of {t['patch']}x{t['patch']}, "
             f"Adam with a one-cycle schedule (peak {t['lr']}), L1 loss; validation PSNR (central 192 x 192 of the "
             f"validation slices) {h[0]['val_psnr']:.2f} dB at step 0 (the near-identity initialisation) -> "
             f"{h[-1]['val_psnr']:.2f} dB at the end; "
-            f"{timings.get('train_' + k, '?')} s of training.")
+            f"{timings.get('train_' + k, '?')} s of training on {t.get('threads', 1)} thread(s).")
     lu = m.get("lucent") or {}
     if lu.get("measured"):
         lucent_line = (f"Lucent's own pipeline (`lucent read <ACRIN series> --model {m['fast']['id']} --derived DIR`, "
@@ -943,7 +966,7 @@ def step_card(args):
     full_note = ""
     if "full" in kinds:
         full_note = (f"\n**The full model is under-trained.** It has {m['full']['parameters']:,} parameters and was trained for only "
-                     f"{m['full']['train']['steps']} steps on one CPU thread (the time budget of this project's 2-core machine); "
+                     f"{m['full']['train']['steps']} steps on {m['full']['train'].get('threads', 1)} CPU thread(s) (the time budget of this project's 2-core machine); "
                      "its numbers below say what that much training gives, not what the design can do. It is meant to be "
                      "retrained on a GPU (`--full-steps`), where its 128 channels are affordable; on a CPU it is also "
                      "too slow for whole volumes (see the timings). Its manifest therefore says `run_by_default = false`: "
@@ -952,7 +975,7 @@ def step_card(args):
     noise = d.get("noise_sd_check", [])
     text = f"""# Lucent low-dose CT denoisers (`lucent-ldct-denoise-fast`, `lucent-ldct-denoise-full`)
 
-Version {m['version']}. **Research and demonstration only; not for diagnosis.** Generated by
+Card version {m['version']}: {', '.join(f"`{m[k]['id']}` {MODELS[k]['version']}" for k in kinds)}. **Research and demonstration only; not for diagnosis.** Generated by
 `models/training/ldct_denoise.py card` from `metrics.json`: every number here was measured by that
 script.
 
@@ -967,8 +990,13 @@ series as acquired (itself low dose, no reference) denoised by the fast model.*
 A slice-by-slice CT denoiser in two sizes of one design (after the residual CNNs of the low-dose CT
 literature): a 3x3 convolution + ReLU, residual modules of (3x3 conv + batch norm + ReLU, 3x3 conv + batch
 norm, identity skip, ReLU), and a 3x3 convolution that predicts the noise, which is subtracted from the
-input (residual learning). Batch norm is folded into the convolutions at export: the ONNX graph holds
-only Conv, Relu, Add and one Sub.
+input (residual learning). Batch norm is folded into the convolutions at export. The fast size runs the
+same modules on a half-resolution grid, as FFDNet does: each 2 x 2 block of pixels becomes 4 input channels
+(pixel unshuffle) and the 4 output channels go back to the full grid (pixel shuffle), so a 3x3 layer costs a
+quarter as much and sees twice as far (a receptive field of 42 pixels, 29 mm at 0.7 mm pixels, against 17
+pixels for the same layers at full resolution); an odd height or width is padded by one replicated row or
+column inside the graph and cropped off again. The ONNX graphs hold only Conv, Relu, Add, Sub and, in the
+fast one, the reshapes of the (un)shuffle and that pad and crop.
 {full_note}
 * Input `ct` [N, 1, H, W] (any size; Lucent feeds whole 512 x 512 slices); output `denoised`, same shape,
   in the same units.
@@ -1003,7 +1031,7 @@ HU -> linear attenuation (mu = {d['mu_water_per_mm']}/mm x (1 + HU/1000)), paral
   noise levels. Noise check on validation/test slices, (routine, quarter) noise SD in soft tissue, HU:
   {noise}.
 * Patches (mostly inside the body), random flips and 90-degree rotations, L1 loss in model units,
-  seed {SEED}, deterministic algorithms, one CPU thread (PyTorch 2.5.1):
+  seed {SEED}, deterministic algorithms, on this project's 2-core CPU (PyTorch 2.5.1):
 
 {chr(10).join(train_lines)}
 
@@ -1028,6 +1056,7 @@ Per slice (PSNR dB / SSIM):
 
 {chr(10).join(per)}
 
+{ci_set_text(m)}
 ## Speed
 
 ONNX Runtime {ort_version()}, CPU, one 512 x 512 slice, median of the measured runs, on this project's
@@ -1063,6 +1092,87 @@ sha256: {', '.join(f"`{onnx_name(k)}` `{m[k]['sha256']}`" for k in kinds)}.
 """
     (MODEL_DIR / "MODEL_CARD.md").write_text(text)
     log(f"wrote {MODEL_DIR / 'MODEL_CARD.md'}")
+
+
+def read_series_hu(folder):
+    """A `lucent synth-ct` series (CT0001.dcm ...) as HU, in slice order."""
+    import pydicom
+
+    out = []
+    for f in sorted(Path(folder).glob("CT*.dcm")):
+        ds = pydicom.dcmread(f)
+        out.append(ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept))
+    return out
+
+
+def step_ci(args):
+    """`lucent synth-ct --kind dose-pairs` (Lucent's own phantom, its own projector) evaluated by `lucent eval`
+    (the figures CI re-checks), and the same slices through the quarter-dose input, TV, BM3D and Python ONNX
+    Runtime for the comparison table and as a cross-check of Lucent's numbers."""
+    from common import lucent_ci_eval, record_ci_set
+
+    m = json.loads((MODEL_DIR / "metrics.json").read_text())
+    kinds = [k for k in ("fast", "full") if k in m]
+    ids = [MODELS[k]["id"] for k in kinds]
+    data, reports, seconds = lucent_ci_eval(WORK, "dose-pairs", CI_SEED, CI_COUNT, ids, args.threads, log)
+    sessions = {k: ort_session(k, args.threads) for k in kinds}
+    rows = []
+    for line in (data / "pairs.csv").read_text().splitlines()[1:]:
+        low, ref = line.split(",")[:2]
+        for z, (q, r) in enumerate(zip(read_series_hu(data / low), read_series_hu(data / ref))):
+            res = {"quarter": q, "tv": tv_denoise(q, m["tv_weight"]), "bm3d": bm3d_denoise(q, m["bm3d_sigma"])}
+            for k in kinds:
+                res[k] = model_denoise(sessions[k], q)
+            e = to_eval(r)
+            row = {"case": low, "slice": z}
+            for mth, hu in res.items():
+                row[mth] = {"psnr": psnr(e, to_eval(hu)), "ssim": ssim(e, to_eval(hu))}
+            rows.append(row)
+            log(f"CI {low} {z}: " + ", ".join(f"{k} {v['psnr']:.2f}/{v['ssim']:.3f}" for k, v in row.items()
+                                              if isinstance(v, dict)))
+    python = {mth: {k: round(float(np.mean([r[mth][k] for r in rows])), 4) for k in ("psnr", "ssim")}
+              for mth in ["quarter", "tv", "bm3d"] + kinds}
+    lucent = {}
+    for k, i in zip(kinds, ids):
+        d = reports[i]["denoise"]
+        lucent[k] = {"input": d["input"], "output": d["output"], "slices": d["slices"], "pairs": d["pairs"]}
+    record_ci_set(MODEL_DIR / "metrics.json", {"kind": "dose-pairs", "seed": CI_SEED, "count": CI_COUNT,
+                                               "seconds": seconds, "slices": len(rows), "python": python,
+                                               "lucent": lucent}, log)
+
+
+def ci_set_text(m):
+    c = m.get("lucent_ci_set")
+    if not c:
+        return "The CI set was not measured (run `ldct_denoise.py ci`)."
+    kinds = [k for k in ("fast", "full") if k in c["lucent"]]
+    names = {"quarter": "quarter-dose input", "tv": f"total variation (weight {m['tv_weight']})",
+             "bm3d": f"BM3D (sigma {m['bm3d_sigma']})", "fast": "ours, fast", "full": "ours, full"}
+    py = c["python"]
+    table = ["| method | PSNR dB | SSIM | by |", "|---|---:|---:|---|"]
+    for mth in ["quarter", "tv", "bm3d"]:
+        table.append(f"| {names[mth]} | {py[mth]['psnr']:.2f} | {py[mth]['ssim']:.3f} | Python |")
+    for k in kinds:
+        lu = c["lucent"][k]["output"]
+        table.append(f"| {names[k]} | {lu['psnr_db']:.2f} | {lu['ssim']:.3f} | `lucent eval` |")
+    li = c["lucent"][kinds[0]]["input"]
+    diffs = ", ".join(f"{k} {abs(c['lucent'][k]['output']['psnr_db'] - py[k]['psnr']):.3f} dB" for k in kinds)
+    return f"""### The set CI re-checks: Lucent's own generator
+
+`lucent synth-ct --kind dose-pairs --seed {c['seed']} --count {c['count']}` writes {c['count']} pairs of series
+({c['slices']} slices of 512 x 512, 0.68 mm pixels, 5 mm apart) of Lucent's analytic chest phantom (`pacs::synth`),
+each slice acquired twice by Lucent's own projector (`pacs::synth::dose`: parallel beam, 512 views,
+Poisson + electronic noise, a smoothed Ram-Lak filter): at routine dose and at a quarter of it. `lucent eval`
+denoises the quarter-dose series through the workstation's pipeline and measures the slices against the
+routine-dose ones (same window and SSIM as above); `app/tests/eval.rs` regenerates the set and requires these
+numbers. TV and BM3D (the parameters chosen above) were run by this script on the same slices, which also
+checked Lucent's figures with Python ONNX Runtime (PSNR difference: {diffs}). The phantom is piecewise
+constant, which suits TV and BM3D; it is a different noise texture from the training data's.
+
+| method | PSNR dB | SSIM | measured by |
+|---|---:|---:|---|
+| quarter-dose input (`lucent eval`) | {li['psnr_db']:.2f} | {li['ssim']:.3f} | `lucent eval` |
+""" + "\n".join(table[2:]) + "\n"
 
 
 def verdict_text(m, kinds):
@@ -1104,7 +1214,7 @@ def ort_version():
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("step", choices=["all", "data", "train", "export", "evaluate", "card"])
+    p.add_argument("step", choices=["all", "data", "train", "export", "evaluate", "ci", "card"])
     p.add_argument("--threads", type=int, default=1, help="PyTorch / ONNX Runtime threads (default 1)")
     p.add_argument("--models", default="fast,full", help="which sizes (default fast,full)")
     p.add_argument("--fast-steps", type=int, default=0, help=f"training steps, fast (default {MODELS['fast']['steps']})")
@@ -1120,7 +1230,7 @@ def main():
         MODEL_DIR = WORK / "models" / "lucent-ldct-denoise"
     WORK.mkdir(parents=True, exist_ok=True)
     steps = {"data": step_data, "train": step_train, "export": step_export, "evaluate": step_evaluate,
-             "card": step_card}
+             "ci": step_ci, "card": step_card}
     order = list(steps) if args.step == "all" else [args.step]
     for name in order:
         log(f"step {name}")

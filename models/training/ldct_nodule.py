@@ -21,6 +21,8 @@ under target/lucent-data/ldct-nodule-training/):
             match candidates to the inserted nodules, FROC + CPM, pick the operating threshold on
             validation scans, run the real ACRIN CT as it is and draw its candidates, time `lucent
             read`; writes the manifest and metrics.json
+  ci        `lucent synth-ct --kind nodules` (6 scans of Lucent's own phantom) and `lucent eval` with the
+            shipped manifest: the FROC figures CI re-checks (app/tests/eval.rs), into metrics.json
   card      write models/lucent-ldct-nodule/MODEL_CARD.md from metrics.json
 
 Nothing here downloads anything; the real CT is read from ../shared/data/ct-acrin-chest (or
@@ -44,6 +46,14 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 from scipy import ndimage as ndi  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import lucent_bin as _lucent_bin  # noqa: E402
+
+
+def lucent_bin():
+    return _lucent_bin(log)
+
 
 ROOT = Path(__file__).resolve().parents[2]
 WORK = ROOT / "target" / "lucent-data" / "ldct-nodule-training"
@@ -74,6 +84,8 @@ MAX_CANDIDATES = 20
 NMS_IOU = 0.1
 MIN_SIZE_MM = 3.0
 FROC_RATES = [0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
+# The set Lucent generates and evaluates itself (`lucent synth-ct --kind nodules`), re-checked by CI.
+CI_SEED, CI_COUNT = "lucent-ldct-nodule-ci", 6
 OPERATING_FP_PER_SCAN = 1.0  # the manifest threshold gives about this many FPs per synthetic scan
 HIT_MIN_MM = 3.0  # a candidate hits a nodule when its centre is within max(radius, 3 mm)
 KINDS = ["solid", "part_solid", "ground_glass"]
@@ -92,13 +104,6 @@ def record_time(step, seconds):
     path.write_text(json.dumps(timings, indent=2))
 
 
-def lucent_bin():
-    for exe in [os.environ.get("LUCENT_BIN"), ROOT / "target" / "release" / "lucent", ROOT / "target" / "debug" / "lucent"]:
-        if exe and Path(exe).exists():
-            return str(exe)
-    log("building the lucent binary (cargo build --release -p lucent)")
-    subprocess.run(["cargo", "build", "--release", "-p", "lucent"], cwd=ROOT, check=True)
-    return str(ROOT / "target" / "release" / "lucent")
 
 
 def acrin_dir():
@@ -1326,6 +1331,78 @@ def subgroup_table(f):
     return "\n".join(rows)
 
 
+def step_ci(args):
+    """`lucent synth-ct --kind nodules` + `lucent eval` with the shipped manifest: the figures CI checks."""
+    from common import lucent_ci_eval, record_ci_set
+
+    _, reports, seconds = lucent_ci_eval(WORK, "nodules", CI_SEED, CI_COUNT, [MODEL_ID], args.threads, log)
+    f = reports[MODEL_ID]["froc"]
+    entry = {
+        "kind": "nodules", "seed": CI_SEED, "count": CI_COUNT, "seconds": seconds,
+        "froc": {k: f[k] for k in ("scans", "lesions", "candidates", "at_fp_rates", "cpm", "min_hit_radius_mm")},
+    }
+    entry["held_out_check"] = held_out_lucent_eval(args)
+    record_ci_set(MODEL_DIR / "metrics.json", entry, log)
+
+
+def held_out_lucent_eval(args):
+    """`lucent eval` (shipped manifest) on the held-out synthetic test scans `evaluate` wrote: its sensitivity
+    and false positives per scan at the operating threshold, to set beside the card's (which come from
+    `lucent read` at the lower evaluation level and this script's FROC code)."""
+    scans = [s for s in json.loads((WORK / "eval-scans.json").read_text())
+             if s["split"] == "test" and s["source"] == "synthetic"] if (WORK / "eval-scans.json").exists() else []
+    if not scans or not all((WORK / "scans" / s["name"]).is_dir() for s in scans):
+        return None
+    data = WORK / "held-out-eval"
+    if data.exists():
+        shutil.rmtree(data)
+    data.mkdir()
+    rows = ["series,x,y,z,diameter_mm"]
+    for s in scans:
+        (data / s["name"]).symlink_to(WORK / "scans" / s["name"])
+        rows += [f"{s['name']},{n['center_mm'][0]},{n['center_mm'][1]},{n['center_mm'][2]},{n['diameter_mm']}"
+                 for n in s["nodules"]] or [f"{s['name']},,,,"]
+    (data / "nodules.csv").write_text("\n".join(rows) + "\n")
+    out = WORK / "held-out-eval.json"
+    t0 = time.time()
+    subprocess.run([lucent_bin(), "eval", "--model", MODEL_ID, "--data", str(data), "--json", str(out),
+                    "--threads", str(args.threads)], check=True)
+    f = json.loads(out.read_text())["models"][0]["froc"]
+    last = f["curve"][-1] if f["curve"] else {"sensitivity": 0.0, "fps_per_scan": 0.0}
+    return {"scans": f["scans"], "lesions": f["lesions"], "sensitivity": last["sensitivity"],
+            "fps_per_scan": last["fps_per_scan"], "seconds": round(time.time() - t0, 1)}
+
+
+def ci_set_text(m):
+    c = m.get("lucent_ci_set")
+    if not c:
+        return "The CI set below was not measured (run `ldct_nodule.py ci`)."
+    f = c["froc"]
+    at = ", ".join(f"{fmt(s)} at {r:g}" for r, s in f["at_fp_rates"])
+    return (f"**Lucent's own generator (the set CI re-checks).** `lucent synth-ct --kind nodules --seed {c['seed']} "
+            f"--count {c['count']}` writes {f['scans']} scans of Lucent's analytic chest phantom (`pacs::synth`: "
+            f"ellipsoid anatomy, straight vessel sheets, white noise 10-30 HU; 256 x 256 pixels of 1.37 mm, 70 slices "
+            f"of 2.5 mm) with {f['lesions']} spherical nodules of 4-25 mm (every third scan has none); `lucent eval "
+            f"--model {MODEL_ID}` reads them with the **shipped** manifest (threshold {m['operating_threshold']}, at "
+            f"most {MAX_CANDIDATES} candidates) and counts hits within max(radius, {f['min_hit_radius_mm']:g} mm): "
+            f"{f['candidates']} candidates, sensitivity {at} FPs per scan, CPM **{fmt(f['cpm'], 3)}**. This phantom "
+            "is far simpler than the held-out chests above (no branching vessels, no texture, clean spheres), so "
+            "this is a check that the whole pipeline still gives the same answer, not a measure of performance; "
+            "`app/tests/eval.rs` regenerates the set and requires these numbers." + held_out_text(m, c))
+
+
+def held_out_text(m, c):
+    h = c.get("held_out_check")
+    st = m.get("synthetic_test")
+    if not h or not st:
+        return ""
+    return (f" The same `lucent eval` on the {h['scans']} held-out synthetic test scans above ({h['lesions']} nodules, "
+            f"the shipped manifest) finds {fmt(h['sensitivity'])} of the nodules at {fmt(h['fps_per_scan'])} false "
+            f"positives per scan, against {fmt(st['at_operating_threshold']['sensitivity'])} at "
+            f"{fmt(st['at_operating_threshold']['fp_per_scan'])} in the table (read at the lower level, counted by "
+            "this script).")
+
+
 def step_card(args):
     m = json.loads((MODEL_DIR / "metrics.json").read_text())
     t = m.get("timings") or {}
@@ -1481,6 +1558,8 @@ optimistic).
 
 {low_level_note}
 
+{ci_set_text(m)}
+
 At the operating threshold ({m['operating_threshold']}): synthetic test sensitivity {fmt(st['at_operating_threshold']['sensitivity']) if st else 'n/a'} at
 {fmt(st['at_operating_threshold']['fp_per_scan'])  if st else 'n/a'} FPs per scan;
 ACRIN + inserted nodules sensitivity {fmt(at['at_operating_threshold']['sensitivity']) if at else 'n/a'} at {fmt(at['at_operating_threshold']['fp_per_scan']) if at else 'n/a'} FPs per scan
@@ -1560,7 +1639,7 @@ sha256 of `{ONNX_NAME}`: `{m['sha256']}`.
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("step", choices=["all", "data", "train", "export", "evaluate", "card"])
+    p.add_argument("step", choices=["all", "data", "train", "export", "evaluate", "ci", "card"])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--epochs", type=int, default=EPOCHS)
     p.add_argument("--max-train-minutes", type=float, default=27.0, help="training time budget (the learning-rate schedule is squeezed into it when the machine is slow)")
@@ -1576,7 +1655,7 @@ def main():
         args.n_val_scans, args.n_test_scans, args.n_acrin_test = 1, 1, 1
     WORK.mkdir(parents=True, exist_ok=True)
     steps = {"data": step_data, "train": step_train, "export": step_export, "evaluate": step_evaluate,
-             "card": step_card}
+             "ci": step_ci, "card": step_card}
     for name in (list(steps) if args.step == "all" else [args.step]):
         log(f"step {name}")
         steps[name](args)

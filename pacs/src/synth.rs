@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 pub mod cxr;
+pub mod dose;
 
 pub use cxr::{CxrFinding, CxrLesion, RenderedChest, Side};
 
@@ -126,6 +127,10 @@ pub struct CtSeriesSpec {
     pub frame_of_reference_uid: Option<String>,
     /// Series Instance UID to use instead of the one derived from the seed (to build odd series).
     pub series_uid: Option<String>,
+    /// Acquire each slice at this dose (projection-domain noise and filtered back-projection)
+    /// instead of adding `noise_hu` of white noise.
+    #[serde(default)]
+    pub dose: Option<dose::SimulatedDose>,
 }
 
 impl CtSeriesSpec {
@@ -157,6 +162,7 @@ impl CtSeriesSpec {
             noise_hu: 12.0,
             frame_of_reference_uid: None,
             series_uid: None,
+            dose: None,
         }
     }
 
@@ -203,6 +209,15 @@ impl CtSeriesSpec {
     pub fn slice_hu(&self, k: usize) -> Vec<i16> {
         let (cols, rows) = (self.columns as usize, self.rows as usize);
         let seed = hash_str(&self.seed) ^ (k as u64).wrapping_mul(0x1000_0001);
+        if let Some(dose) = &self.dose {
+            let clean: Vec<f32> = (0..rows * cols)
+                .map(|n| chest_phantom_hu(self.patient_point(n % cols, n / cols, k), &self.nodules) as f32)
+                .collect();
+            return dose::simulate(&clean, rows, cols, self.pixel_spacing_mm[1], dose, seed)
+                .into_iter()
+                .map(|v| v.round() as i16)
+                .collect();
+        }
         let mut out = Vec::with_capacity(cols * rows);
         for j in 0..rows {
             for i in 0..cols {

@@ -1,8 +1,9 @@
 //! The *Model evaluation* window, for a QA lead: `lucent eval` in the workstation. Pick a labelled
-//! folder (`labels.csv` + radiographs, or CT series + `nodules.csv`) and a model (or every
-//! applicable one), run, and read the same table and curves as the CLI's (per label: positives /
-//! negatives, AUROC with its 95% bootstrap interval, sensitivity / specificity / PPV at the
-//! manifest threshold, the threshold for the target sensitivity; FROC and CPM for CT detectors).
+//! folder (`labels.csv` + radiographs, CT series + `nodules.csv`, or low-dose / reference CT series +
+//! `pairs.csv`) and a model (or every applicable one), run, and read the same table and curves as
+//! the CLI's (per label: positives / negatives, AUROC with its 95% bootstrap interval, sensitivity /
+//! specificity / PPV at the manifest threshold, the threshold for the target sensitivity; FROC and
+//! CPM for CT detectors; PSNR and SSIM before and after for CT denoisers).
 //!
 //! The model list is scanned on `lucent-eval-models` and the evaluation runs on `lucent-eval`
 //! ([`crate::eval_cli::evaluate`], with progress and cancel); both answer on bounded channels and
@@ -272,8 +273,19 @@ pub fn eval_window_ui(ctx: &egui::Context, p: &mut EvalPanel, lang: Lang) {
 }
 
 fn model_ui(ui: &mut egui::Ui, m_index: usize, model: &ModelEval, report: &EvalReport, lang: Lang) {
-    let unit = if model.task == "cxr" { lang.tr("images") } else { lang.tr("scans") };
+    let unit = match model.task.as_str() {
+        "cxr" => lang.tr("images"),
+        "ct_denoise" => lang.tr("pairs"),
+        _ => lang.tr("scans"),
+    };
     ui.strong(format!("{} {} — {} ({} {unit})", model.model_id, model.model_version, report.data, model.cases));
+    if let Some(d) = &model.denoise {
+        denoise_ui(ui, m_index, d, lang);
+        if !model.skipped.is_empty() {
+            ui.label(format!("{} {}", model.skipped.len(), lang.tr("skipped")));
+        }
+        return;
+    }
     {
         {
             egui::Grid::new(("eval-grid", m_index)).striped(true).num_columns(9).show(ui, |ui| {
@@ -333,6 +345,23 @@ fn model_ui(ui: &mut egui::Ui, m_index: usize, model: &ModelEval, report: &EvalR
         roc_plot(ui, model, lang);
         if model.froc.is_some() {
             froc_plot(ui, model, lang);
+        }
+    });
+}
+
+/// A denoiser's image quality: the low-dose input and the output against the reference.
+fn denoise_ui(ui: &mut egui::Ui, m_index: usize, d: &crate::eval_cli::DenoiseEval, lang: Lang) {
+    ui.label(format!("{} {}, HU [{}, {}]", d.slices, lang.tr("slices"), d.window.min_hu, d.window.max_hu));
+    egui::Grid::new(("denoise-grid", m_index)).striped(true).num_columns(3).show(ui, |ui| {
+        for h in ["", "PSNR dB", "SSIM"] {
+            ui.strong(h);
+        }
+        ui.end_row();
+        for (name, q) in [(lang.tr("Low-dose input"), d.input), (lang.tr("Denoised"), d.output)] {
+            ui.label(name);
+            ui.label(format!("{:.2}", q.psnr_db));
+            ui.label(format!("{:.3}", q.ssim));
+            ui.end_row();
         }
     });
 }

@@ -224,6 +224,19 @@ const KO: &[(&str, &str)] = &[
     ("Sensitivity at FPs per scan", "스캔당 위양성 수별 민감도"),
     ("ROC curves", "ROC 곡선"),
     ("FROC curve", "FROC 곡선"),
+    ("pairs", "쌍"),
+    ("slices", "슬라이스"),
+    ("Low-dose input", "저선량 입력"),
+    ("Denoised", "잡음 제거"),
+    ("AI denoised", "AI 잡음 제거"),
+    ("not for diagnosis", "진단용 아님"),
+    ("Cannot denoise", "잡음 제거 불가"),
+    ("Denoising this slice", "이 슬라이스 잡음 제거 중"),
+    ("Denoised (AI)", "잡음 제거 (AI)"),
+    (
+        "Shows this slice denoised by the default CT denoiser, the slice on screen first; the original stays in the store",
+        "기본 CT 잡음 제거 모델로 화면의 슬라이스부터 잡음을 제거해 보여 줍니다. 원본은 저장소에 그대로 남습니다",
+    ),
 ];
 
 impl Lang {

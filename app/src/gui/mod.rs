@@ -7,6 +7,7 @@
 pub mod ai_panel;
 pub mod bridge;
 pub mod browser;
+pub mod denoise_view;
 pub mod eval_panel;
 pub mod hanging;
 pub mod i18n;
@@ -143,6 +144,7 @@ pub struct LucentApp {
     store_dir: PathBuf,
     pub ai: ai_panel::AiState,
     ai_worker: ai_panel::AiWorker,
+    pub denoise: denoise_view::DenoiseView,
     pub settings: settings::Settings,
     settings_window: settings::SettingsWindow,
     repaint: Arc<dyn Fn() + Send + Sync>,
@@ -171,6 +173,7 @@ impl LucentApp {
         let thumbs = Thumbnailer::start(repaint.clone())?;
         let mpr = MprWorker::start(repaint.clone())?;
         let ai_worker = ai_panel::AiWorker::start(store_dir.clone(), repaint.clone())?;
+        let denoise = denoise_view::DenoiseView::start(repaint.clone())?;
         let reports = report_panel::ReportPanel::new(store_dir.clone(), &crate::config::data_dir(), repaint.clone())?;
         let (pacs, pacs_warning) =
             pacs_panel::PacsPanel::new(&crate::config::data_dir(), store_dir.clone(), repaint.clone());
@@ -199,6 +202,7 @@ impl LucentApp {
             store_dir: store_dir.clone(),
             ai: ai_panel::AiState::default(),
             ai_worker,
+            denoise,
             settings: settings::Settings::default(),
             settings_window: settings::SettingsWindow::default(),
             repaint: repaint.clone(),
@@ -427,6 +431,7 @@ impl LucentApp {
                 vp.mpr_image = Some(image);
             }
         }
+        self.denoise.poll();
         while let Ok(event) = self.ai_worker.events.try_recv() {
             if matches!(&event, ai_panel::AiEvent::Done(r) if !r.derived_series.is_empty()) {
                 // A derived series (denoised CT) was added to the store: show it in the browser.
@@ -689,6 +694,11 @@ impl LucentApp {
                 ui.toggle_value(&mut vp.invert, lang.tr("Invert"));
                 ui.toggle_value(&mut vp.show_overlays, lang.tr("Overlays"));
                 ui.toggle_value(&mut vp.smooth, lang.tr("Smooth"));
+                if vp.mpr.is_none() && vp.current_slice().is_some_and(|s| viewport::denoisable(&s)) {
+                    ui.toggle_value(&mut vp.denoised, lang.tr("Denoised (AI)")).on_hover_text(lang.tr(
+                        "Shows this slice denoised by the default CT denoiser, the slice on screen first; the original stays in the store",
+                    ));
+                }
                 if ui.button(lang.tr("Rotate")).clicked() {
                     vp.rotation_quarters = (vp.rotation_quarters + 1) % 4;
                 }
@@ -899,7 +909,12 @@ impl eframe::App for LucentApp {
                     lang,
                     reference: reference.clone(),
                 };
-                let out = viewport_ui(ui, rect, &mut self.viewports[i], cx, measurements, &self.ai);
+                let out = viewport_ui(ui, rect, &mut self.viewports[i], cx, measurements, &self.ai, &self.denoise);
+                if let Some((series_id, index)) = out.denoise_request
+                    && let Some(slice) = self.viewports[i].series.as_ref().and_then(|s| s.slice(index))
+                {
+                    self.denoise.request(series_id, index, slice);
+                }
                 if let Some(spec) = out.mpr_request
                     && let Some(series) = self.viewports[i].series.clone()
                 {

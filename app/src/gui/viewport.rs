@@ -87,6 +87,8 @@ pub struct Viewport {
     pub show_overlays: bool,
     /// Overlay textures of the slice on screen.
     overlay_textures: Option<((u64, usize), Vec<egui::TextureHandle>)>,
+    /// Show CT slices denoised by the AI (the slice on screen first; see `denoise_view`).
+    pub denoised: bool,
 }
 
 impl Viewport {
@@ -114,6 +116,7 @@ impl Viewport {
             dragging: None,
             show_overlays: true,
             overlay_textures: None,
+            denoised: false,
         }
     }
 
@@ -303,6 +306,8 @@ pub struct ViewportOutput {
     pub mpr_request: Option<MprSpec>,
     /// Shift+click: move the linked crosshair to this voxel.
     pub crosshair: Option<[usize; 3]>,
+    /// The denoised view wants this slice (series id, index) and it is not ready.
+    pub denoise_request: Option<(u64, usize)>,
 }
 
 /// Draws a viewport in `rect` and handles its input.
@@ -324,6 +329,7 @@ pub fn viewport_ui(
     cx: ViewportContext,
     mut measurements: Option<&mut Measurements>,
     ai: &super::ai_panel::AiState,
+    denoise: &super::denoise_view::DenoiseView,
 ) -> ViewportOutput {
     let ViewportContext { active, crosshair, tool, lang, reference } = cx;
     let mut out = ViewportOutput::default();
@@ -358,6 +364,27 @@ pub fn viewport_ui(
             vp.mpr_image.as_ref().filter(|m| m.series_id == series.id).map(|m| m.image.clone())
         }
         None => series.slice(vp.slice).or_else(|| nearest_decoded(&series, vp.slice)),
+    };
+    // The denoised view: the slice on screen, once the worker has it (until then, the original).
+    let mut denoised_key = None;
+    let mut denoise_pending = false;
+    let slice = match slice {
+        Some(original) if vp.denoised && vp.mpr.is_none() && denoisable(&original) => {
+            match series.slice(vp.slice).and_then(|_| denoise.get(series.id, vp.slice)) {
+                Some(d) => {
+                    denoised_key = Some((series.id | super::denoise_view::DENOISED_KEY_BIT, vp.slice));
+                    Some(d)
+                }
+                None => {
+                    if series.slice(vp.slice).is_some() && denoise.error.is_none() {
+                        out.denoise_request = Some((series.id, vp.slice));
+                        denoise_pending = true;
+                    }
+                    Some(original)
+                }
+            }
+        }
+        other => other,
     };
     let rect_px = rect.size() * ppp;
 
@@ -443,7 +470,9 @@ pub fn viewport_ui(
         };
         let key = match (&vp.mpr_image, vp.mpr) {
             (Some(m), Some(_)) => (m.id, 0),
-            _ => (series.id, series.slice(vp.slice).map_or_else(|| nearest_index(&series, vp.slice), |_| vp.slice)),
+            _ => denoised_key.unwrap_or_else(|| {
+                (series.id, series.slice(vp.slice).map_or_else(|| nearest_index(&series, vp.slice), |_| vp.slice))
+            }),
         };
         painter.add(egui_wgpu::Callback::new_paint_callback(
             rect,
@@ -479,6 +508,34 @@ pub fn viewport_ui(
             draw_measurements(&painter, rect, vp, slice, ms, tool, &transform, ppp);
         }
         overlays(&painter, rect, vp, &series, slice, &transform, window, ppp, lang);
+        if vp.denoised && vp.mpr.is_none() && denoisable(slice) {
+            // Every AI output carries its model: say what is on screen, and that it is not the original.
+            let (text, colour) = match (denoised_key, &denoise.error) {
+                (Some(_), _) => (
+                    format!(
+                        "{}: {} — {}",
+                        lang.tr("AI denoised"),
+                        denoise.model.as_deref().unwrap_or("?"),
+                        lang.tr("not for diagnosis")
+                    ),
+                    Color32::from_rgb(255, 210, 80),
+                ),
+                (None, Some(e)) => (format!("{}: {e}", lang.tr("Cannot denoise")), Color32::from_rgb(255, 120, 100)),
+                (None, None) if denoise_pending => (format!("{}…", lang.tr("Denoising this slice")), Color32::GRAY),
+                (None, None) => (String::new(), Color32::GRAY),
+            };
+            if !text.is_empty() {
+                // Bottom centre, above the scale bar: the corners hold the patient and series text.
+                shadowed_text(
+                    &painter,
+                    rect.center_bottom() - Vec2::new(0.0, 96.0),
+                    Align2::CENTER_BOTTOM,
+                    text,
+                    FontId::proportional(13.0),
+                    colour,
+                );
+            }
+        }
     } else {
         painter.text(
             rect.center(),
@@ -490,6 +547,11 @@ pub fn viewport_ui(
     }
     draw_border(&painter, rect, active);
     out
+}
+
+/// A grey CT slice (what the CT denoisers take).
+pub fn denoisable(slice: &SliceImage) -> bool {
+    !slice.is_colour() && slice.info.modality == "CT"
 }
 
 fn draw_border(painter: &egui::Painter, rect: Rect, active: bool) {
