@@ -8,7 +8,9 @@
 //!   Voxels outside the manifest's HU window keep their value (the model never saw them).
 //! * [`detect`]: resample to the model's spacing (trilinear), sliding windows with overlap,
 //!   per-label heatmaps averaged where windows overlap (or `detections_3d` rows), candidates from
-//!   connected regions above the label threshold, 3-D NMS by IoU, and back to voxels and patient mm.
+//!   connected regions above the label threshold, those near the lungs only when the manifest asks
+//!   ([`lung_region`]: what the body encloses in each axial slice, grown by `lung_region_mm`), 3-D
+//!   NMS by IoU, and back to voxels and patient mm.
 //! * [`measure`]: region growing at a HU threshold around a candidate, then long and short axes on
 //!   the axial slice of largest extent, mean diameter, volume, mean/max HU and a
 //!   solid / part-solid / ground-glass type from the HU content (a heuristic, see [`MeasureParams`]).
@@ -317,6 +319,10 @@ pub fn detect(session: &mut ModelSession, volume: &HuVolume<'_>, ctx: &JobContex
         resample::resample_trilinear(&hu, volume.dims, rdims, step)
     };
     let normalised: Vec<f32> = resampled.iter().map(|&v| to_model(v, w, &manifest)).collect();
+    let lungs = manifest.postprocessing.lung_region_mm.map(|mm| {
+        let radius = [(mm / target[0]).round() as usize, (mm / target[1]).round() as usize];
+        lung_region(&resampled, rdims, radius)
+    });
     drop(resampled);
     ctx.check_cancelled()?;
     let pad_value = to_model(w.min, w, &manifest);
@@ -444,6 +450,14 @@ pub fn detect(session: &mut ModelSession, volume: &HuVolume<'_>, ctx: &JobContex
             }
         }
     }
+    // Candidates away from the lungs (on the table or blanket, in the mediastinum or the abdomen) go.
+    if let Some(lungs) = &lungs {
+        raw_boxes.retain(|(_, b)| {
+            let c: [usize; 3] =
+                std::array::from_fn(|a| (((b.min[a] + b.max[a]) / 2.0).round().max(0.0) as usize).min(rdims[a] - 1));
+            lungs[idx(c[0], c[1], c[2])]
+        });
+    }
     // 4. To mm (resampled voxels * target spacing), minimum size, NMS.
     let min_half = manifest.postprocessing.min_size_mm / 2.0;
     let mm_boxes: Vec<Box3> = raw_boxes
@@ -485,6 +499,87 @@ pub fn detect(session: &mut ModelSession, volume: &HuVolume<'_>, ctx: &JobContex
         })
         .collect();
     Ok(out)
+}
+
+/// The lungs of a chest CT, slice by slice, grown by `radius` voxels (x, y) in-plane: in each axial
+/// slice, the largest 4-connected region above -400 HU is the body; what it encloses (not reachable
+/// from the slice's edge without crossing it) is lung, with the vessels and nodules inside; that is
+/// dilated so that nodules on the pleura or the mediastinum, part of the body region, still count.
+/// Air outside the patient, the table, blankets and the body itself are outside. `hu` is `[x, y, z]`.
+pub fn lung_region(hu: &[f32], dims: [usize; 3], radius: [usize; 2]) -> Vec<bool> {
+    let [nx, ny, nz] = dims;
+    let n = nx * ny;
+    let mut out = vec![false; hu.len()];
+    let mut label = vec![0u32; n];
+    let mut stack = Vec::new();
+    let neighbours = |i: usize| {
+        let (x, y) = (i % nx, i / nx);
+        [(x > 0).then(|| i - 1), (x + 1 < nx).then(|| i + 1), (y > 0).then(|| i - nx), (y + 1 < ny).then(|| i + nx)]
+    };
+    for z in 0..nz {
+        let slice = &hu[z * n..(z + 1) * n];
+        // The body: the largest 4-connected region above -400 HU.
+        label.iter_mut().for_each(|l| *l = 0);
+        let (mut best, mut best_size, mut next) = (0u32, 0usize, 0u32);
+        for start in 0..n {
+            if label[start] != 0 || slice[start] <= -400.0 {
+                continue;
+            }
+            next += 1;
+            label[start] = next;
+            stack.push(start);
+            let mut size = 0;
+            while let Some(i) = stack.pop() {
+                size += 1;
+                for j in neighbours(i).into_iter().flatten() {
+                    if label[j] == 0 && slice[j] > -400.0 {
+                        label[j] = next;
+                        stack.push(j);
+                    }
+                }
+            }
+            if size > best_size {
+                (best, best_size) = (next, size);
+            }
+        }
+        if best == 0 {
+            continue;
+        }
+        // Outside: reachable from the edge without crossing the body.
+        let mut outside = vec![false; n];
+        for i in 0..n {
+            let (x, y) = (i % nx, i / nx);
+            if (x == 0 || y == 0 || x + 1 == nx || y + 1 == ny) && label[i] != best && !outside[i] {
+                outside[i] = true;
+                stack.push(i);
+                while let Some(k) = stack.pop() {
+                    for j in neighbours(k).into_iter().flatten() {
+                        if !outside[j] && label[j] != best {
+                            outside[j] = true;
+                            stack.push(j);
+                        }
+                    }
+                }
+            }
+        }
+        let enclosed: Vec<bool> = (0..n).map(|i| label[i] != best && !outside[i]).collect();
+        // Grow by the radius (a square, separably: rows then columns).
+        let mut rows = vec![false; n];
+        for y in 0..ny {
+            for x in 0..nx {
+                let (a, b) = (x.saturating_sub(radius[0]), (x + radius[0]).min(nx - 1));
+                rows[y * nx + x] = enclosed[y * nx + a..=y * nx + b].iter().any(|&e| e);
+            }
+        }
+        let dst = &mut out[z * n..(z + 1) * n];
+        for y in 0..ny {
+            let (a, b) = (y.saturating_sub(radius[1]), (y + radius[1]).min(ny - 1));
+            for x in 0..nx {
+                dst[y * nx + x] = (a..=b).any(|yy| rows[yy * nx + x]);
+            }
+        }
+    }
+    out
 }
 
 struct Region3 {
@@ -958,5 +1053,39 @@ mod tests {
         assert!(a.short_axis_mm > 2.0 && a.short_axis_mm < 3.5, "{a:?}");
         let one = axial_axes(&[[4, 4, 2]], [0.5, 0.5, 1.0]).unwrap();
         assert!((one.long_axis_mm - 0.5).abs() < 1e-9 && (one.short_axis_mm - 0.5).abs() < 1e-9, "{one:?}");
+    }
+
+    /// One 40 x 40 slice: air; a body disc (radius 16) around a lung (radius 9) holding a nodule; a
+    /// blanket strip above the body, apart from it.
+    #[test]
+    fn the_lung_region_holds_the_lungs_and_what_is_in_them_not_the_blanket_or_the_air() {
+        let n = 40;
+        let hu: Vec<f32> = (0..n * n)
+            .map(|i| {
+                let (x, y) = ((i % n) as f64 - 20.0, (i / n) as f64 - 22.0);
+                let r = x.hypot(y);
+                if (x - 2.0).hypot(y) < 2.0 {
+                    40.0 // nodule inside the lung
+                } else if r < 9.0 {
+                    -850.0
+                } else if r < 16.0 {
+                    40.0
+                } else if (i / n) < 3 && (5..35).contains(&(i % n)) {
+                    -100.0 // blanket
+                } else {
+                    -1000.0
+                }
+            })
+            .collect();
+        let lungs = lung_region(&hu, [n, n, 1], [2, 2]);
+        let at = |x: usize, y: usize| lungs[y * n + x];
+        assert!(at(20, 22), "lung");
+        assert!(at(22, 22), "the nodule inside the lung");
+        assert!(at(30, 22), "the pleura within 2 voxels of the lung");
+        assert!(!at(34, 22), "chest wall farther out");
+        assert!(!at(20, 1), "blanket");
+        assert!(!at(1, 39), "air outside");
+        // No body (all air): nothing.
+        assert!(lung_region(&vec![-1000.0; 100], [10, 10, 1], [1, 1]).iter().all(|&l| !l));
     }
 }

@@ -48,6 +48,7 @@
 //! [postprocessing]                  # optional, CT detection
 //! nms_iou = 0.1
 //! max_candidates = 20
+//! lung_region_mm = 8.0               # optional: keep candidates within 8 mm of the lungs
 //! ```
 //!
 //! [`ModelManifest::validate`] checks every field and names the one at fault.
@@ -428,6 +429,10 @@ pub struct Postprocessing {
     /// Heatmaps: candidate boxes are at least this wide (mm).
     #[serde(default = "default_min_size_mm")]
     pub min_size_mm: f64,
+    /// Lung nodule detectors: drop candidates whose centre lies farther than this (mm, in-plane)
+    /// from the lungs (`crate::ct::lung_region`); none: keep every candidate.
+    #[serde(default)]
+    pub lung_region_mm: Option<f64>,
 }
 
 fn default_nms_iou() -> f64 {
@@ -446,6 +451,7 @@ impl Default for Postprocessing {
             nms_iou: default_nms_iou(),
             max_candidates: default_max_candidates(),
             min_size_mm: default_min_size_mm(),
+            lung_region_mm: None,
         }
     }
 }
@@ -589,6 +595,11 @@ impl ModelManifest {
         }
         if !(self.postprocessing.nms_iou > 0.0 && self.postprocessing.nms_iou <= 1.0) {
             return Err(bad("postprocessing.nms_iou", format!("{} is not in (0, 1]", self.postprocessing.nms_iou)));
+        }
+        if let Some(mm) = self.postprocessing.lung_region_mm
+            && !(0.0..=50.0).contains(&mm)
+        {
+            return Err(bad("postprocessing.lung_region_mm", format!("{mm} is not in [0, 50] mm")));
         }
         self.validate_for_kind().map_err(|(f, m)| bad(&f, m))
     }

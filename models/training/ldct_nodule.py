@@ -81,6 +81,8 @@ EVAL_THRESHOLD = 0.15  # candidate level while measuring FROC (the manifest's is
 EVAL_THRESHOLD_LOW = 0.05
 EVAL_MAX_CANDIDATES = 100
 MAX_CANDIDATES = 20
+# Lucent keeps only candidates within this many mm (in-plane) of the lungs (inference::ct::lung_region).
+LUNG_REGION_MM = 8.0
 NMS_IOU = 0.1
 MIN_SIZE_MM = 3.0
 FROC_RATES = [0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
@@ -829,6 +831,7 @@ threshold = {threshold}
 nms_iou = {NMS_IOU}
 max_candidates = {max_candidates}
 min_size_mm = {MIN_SIZE_MM}
+lung_region_mm = {LUNG_REGION_MM}
 '''
     (directory / f"{model_id}.toml").write_text(text)
     return sha, len(data)
@@ -1486,7 +1489,10 @@ Its FROC numbers below are on synthetic nodules only and do not describe clinica
 ## Model
 
 * Task: lung nodule candidates on chest CT: a per-voxel nodule probability on a 2 mm isotropic grid,
-  which Lucent turns into candidates (connected regions above the threshold, box, peak score, 3-D NMS).
+  which Lucent turns into candidates (connected regions above the threshold, box, peak score, 3-D NMS),
+  keeping only those whose centre lies within {LUNG_REGION_MM:g} mm (in-plane) of the lungs
+  (`postprocessing.lung_region_mm`: per axial slice, what the body encloses, grown by that much; this removes
+  candidates on the table, blanket or gown, and deep in the mediastinum or abdomen).
 * Architecture: a small 3-D U-Net written for this model (8-16-32 channels, 32^3 -> 8^3 with a dilated
   convolution and back, nearest upsampling, batch norm, sigmoid inside the graph);
   {ex.get('params', 'n/a')} parameters; ONNX opset 17, dynamic batch, {m['onnx_bytes'] / 1e6:.2f} MB.
@@ -1533,9 +1539,9 @@ one thread, seed {SEED}; AdamW, one-cycle (max lr 3e-3), batch {BATCH}, {len(his
 (positive weight 20) + 0.5 soft Dice; augmentation: flips on all axes, in-plane transpose, +-30 HU
 shifts. Last epoch: validation-patch Dice {fmt(last.get('val_dice'), 3)}, patch-level AUROC {fmt(last.get('val_patch_auroc'), 3)}.
 Measured on this project's 2-core machine (shared with other jobs): data {fmt(t.get('data'), 0)} s, training
-{fmt(t.get('train'), 0)} s, export {fmt(t.get('export'), 1)} s, evaluation {fmt(t.get('evaluate'), 0)} s in its last run, which reused
-the cached `lucent read` results of the held-out scans (reading them all, at both candidate levels, took
-{fmt(m.get('held_out_reads_seconds_total'), 0)} s; writing the scans a few minutes more).
+{fmt(t.get('train'), 0)} s, export {fmt(t.get('export'), 1)} s, evaluation {fmt(t.get('evaluate'), 0)} s in its last run
+(`lucent read` of every held-out scan at both candidate levels: {fmt(m.get('held_out_reads_seconds_total'), 0)} s, read
+again only when the model or the manifest changes; writing the scans a few minutes more, once).
 ONNX Runtime agrees with PyTorch to {fmt(ex.get('ort_vs_torch_max_abs_diff'), 7)}.
 
 ## Evaluation: FROC on held-out scans

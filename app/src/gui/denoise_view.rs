@@ -47,6 +47,8 @@ pub struct DenoiseView {
     /// The model's id and version, once one slice was denoised.
     pub model: Option<String>,
     pub error: Option<String>,
+    /// The last slice asked for and not yet answered (a viewport asks every frame until it is drawn).
+    asked: std::cell::Cell<Option<(u64, usize)>>,
 }
 
 impl DenoiseView {
@@ -75,7 +77,15 @@ impl DenoiseView {
                 repaint();
             }
         })?;
-        Ok(Self { requests, events, cache: HashMap::new(), order: VecDeque::new(), model: None, error: None })
+        Ok(Self {
+            requests,
+            events,
+            cache: HashMap::new(),
+            order: VecDeque::new(),
+            model: None,
+            error: None,
+            asked: std::cell::Cell::new(None),
+        })
     }
 
     /// The denoised slice, if done.
@@ -83,9 +93,17 @@ impl DenoiseView {
         self.cache.get(&(series_id, index)).cloned()
     }
 
-    /// Asks for a slice; false when the queue is full (the next frame asks again).
+    /// Asks for a slice (once while it is on its way); false when the queue is full (the next frame
+    /// asks again).
     pub fn request(&self, series_id: u64, index: usize, slice: Arc<SliceImage>) -> bool {
-        self.requests.try_send(DenoiseRequest { series_id, index, slice }).is_ok()
+        if self.asked.get() == Some((series_id, index)) {
+            return true;
+        }
+        let sent = self.requests.try_send(DenoiseRequest { series_id, index, slice }).is_ok();
+        if sent {
+            self.asked.set(Some((series_id, index)));
+        }
+        sent
     }
 
     /// Takes the worker's answers into the cache.
@@ -93,6 +111,9 @@ impl DenoiseView {
         while let Ok(event) = self.events.try_recv() {
             match event {
                 DenoiseEvent::Done { series_id, index, image, model } => {
+                    if self.asked.get() == Some((series_id, index)) {
+                        self.asked.set(None);
+                    }
                     self.model = Some(model);
                     self.error = None;
                     if self.cache.insert((series_id, index), image).is_none() {
@@ -104,7 +125,10 @@ impl DenoiseView {
                         }
                     }
                 }
-                DenoiseEvent::Failed(message) => self.error = Some(message),
+                DenoiseEvent::Failed(message) => {
+                    self.asked.set(None);
+                    self.error = Some(message);
+                }
             }
         }
     }
