@@ -47,6 +47,13 @@ pub fn scan_registry() -> Registry {
     Registry::scan(&model_folders(), SessionOptions::default())
 }
 
+/// A loaded stack as the CT pipelines' input: `hu` (from [`Volume::to_modality_f32`]) with the
+/// volume's dimensions, spacing and patient geometry.
+pub fn hu_volume<'a>(vol: &Volume, hu: &'a [f32]) -> Result<HuVolume<'a>> {
+    HuVolume::new(HuSamples::F32(hu), vol.dims(), vol.plan.spacing_mm, vol.plan.patient_from_voxel)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
 /// A decoded radiograph as the CXR pipeline's input.
 pub fn grey_image(image: &DecodedImage) -> Result<GreyImage> {
     let frame = &image.frame;
@@ -249,13 +256,7 @@ pub fn read_series(registry: &Registry, series_uid: String, paths: &[PathBuf], o
                     }
                     let vol = volume.as_ref().context("the volume was not loaded")?;
                     let hu = vol.to_modality_f32();
-                    let hu_volume = HuVolume::new(
-                        HuSamples::F32(&hu),
-                        vol.dims(),
-                        vol.plan.spacing_mm,
-                        vol.plan.patient_from_voxel,
-                    )
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    let hu_volume = hu_volume(vol, &hu)?;
                     if manifest.preprocessing.kind == PreprocessingKind::CtSlice {
                         let Some(dir) = &options.derived_dir else {
                             reading.notes.push(format!(

@@ -746,22 +746,16 @@ fn eval_ct(
     for scan in &set.scans {
         anyhow::ensure!(!cancel.load(Ordering::Relaxed), "cancelled");
         let detected = (|| -> Result<Vec<eval::Candidate>> {
-            let threads = pacs::volume::default_threads();
-            let plan = pacs::volume::scan_series(&scan.files, threads)?.into_iter().next().context("no stack")?;
-            anyhow::ensure!(plan.slices.len() > 1, "one image is not a CT stack");
-            anyhow::ensure!(
-                plan.spacing_source == Some(pacs::SpacingSource::PixelSpacing),
-                "no Pixel Spacing: sizes in mm are unknown"
-            );
-            let vol = pacs::volume::load_stack(plan, threads, None)?;
+            let vol = load_stack(&scan.files, |plan| {
+                anyhow::ensure!(plan.slices.len() > 1, "one image is not a CT stack");
+                anyhow::ensure!(
+                    plan.spacing_source == Some(pacs::SpacingSource::PixelSpacing),
+                    "no Pixel Spacing: sizes in mm are unknown"
+                );
+                Ok(())
+            })?;
             let hu = vol.to_modality_f32();
-            let volume = inference::ct::HuVolume::new(
-                inference::ct::HuSamples::F32(&hu),
-                vol.dims(),
-                vol.plan.spacing_mm,
-                vol.plan.patient_from_voxel,
-            )
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let volume = crate::ai::hu_volume(&vol, &hu)?;
             let found = inference::ct::detect(&mut session, &volume, &ctx).map_err(|e| anyhow::anyhow!("{e}"))?;
             Ok(found
                 .into_iter()
@@ -833,12 +827,12 @@ fn read_pairs(dir: &Path, pairs_csv: &Path) -> Result<Vec<Pair>> {
     Ok(pairs)
 }
 
-/// A folder's CT stack in HU, in z order: (values, [nx, ny, nz], spacing, patient_from_voxel).
-fn load_hu_stack(folder: &Path) -> Result<pacs::volume::Volume> {
+/// The first image stack of `files`, loaded after `check` accepts its plan (headers only).
+fn load_stack(files: &[PathBuf], check: impl Fn(&pacs::StackPlan) -> Result<()>) -> Result<pacs::volume::Volume> {
     let threads = pacs::volume::default_threads();
-    let files = crate::info::list_files(folder);
-    anyhow::ensure!(!files.is_empty(), "no files in {}", folder.display());
-    let plan = pacs::volume::scan_series(&files, threads)?.into_iter().next().context("no image stack")?;
+    anyhow::ensure!(!files.is_empty(), "no DICOM files");
+    let plan = pacs::volume::scan_series(files, threads)?.into_iter().next().context("no image stack")?;
+    check(&plan)?;
     Ok(pacs::volume::load_stack(plan, threads, None)?)
 }
 
@@ -858,8 +852,11 @@ fn eval_denoise(
     for pair in pairs {
         anyhow::ensure!(!cancel.load(Ordering::Relaxed), "cancelled");
         let measured = (|| -> Result<Vec<SliceQuality>> {
-            let low = load_hu_stack(&pair.low).context("low-dose series")?;
-            let reference = load_hu_stack(&pair.reference).context("reference series")?;
+            let in_folder = |folder: &Path, what: &str| {
+                load_stack(&crate::info::list_files(folder), |_| Ok(()))
+                    .with_context(|| format!("{what} series in {}", folder.display()))
+            };
+            let (low, reference) = (in_folder(&pair.low, "low-dose")?, in_folder(&pair.reference, "reference")?);
             anyhow::ensure!(
                 low.dims() == reference.dims(),
                 "the low-dose series is {:?} voxels, the reference {:?}",
@@ -867,13 +864,7 @@ fn eval_denoise(
                 reference.dims()
             );
             let (input, truth) = (low.to_modality_f32(), reference.to_modality_f32());
-            let volume = inference::ct::HuVolume::new(
-                inference::ct::HuSamples::F32(&input),
-                low.dims(),
-                low.plan.spacing_mm,
-                low.plan.patient_from_voxel,
-            )
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let volume = crate::ai::hu_volume(&low, &input)?;
             let output = inference::ct::denoise(&mut session, &volume, 8, &ctx).map_err(|e| anyhow::anyhow!("{e}"))?;
             let [nx, ny, nz] = low.dims();
             let quality = |test: &[f32], reference: &[f32]| -> Result<Quality> {

@@ -2,6 +2,8 @@
 
 * `lucent_bin`: the `lucent` executable the scripts drive (`$LUCENT_BIN`, else target/release/lucent,
   built when missing).
+* `real_data`: a folder of the real data beside the checkout (`$LUCENT_REAL_DATA`, else ../shared/data).
+* `record_time`, `auroc`, `fmt`: step timings, the Mann-Whitney AUROC and the cards' number format.
 * `lucent_ci_eval`: the small evaluation set that Lucent generates itself (`lucent synth-ct`) and
   evaluates itself (`lucent eval --json`). Its numbers go into the model's metrics.json and card, and
   CI regenerates the same set and checks that `lucent eval` still gives them (app/tests/eval.rs).
@@ -22,6 +24,40 @@ def lucent_bin(log=print):
         log("building the lucent binary (cargo build --release -p lucent)")
         subprocess.run(["cargo", "build", "--release", "-p", "lucent"], cwd=ROOT, check=True)
     return exe
+
+
+def real_data(name, marker):
+    """`<real data>/NAME` when it holds a file matching MARKER (a glob), else None: absent real data is
+    skipped, never fetched."""
+    base = Path(os.environ.get("LUCENT_REAL_DATA") or (ROOT.parent / "shared" / "data"))
+    d = base / name
+    return d if d.is_dir() and any(d.glob(marker)) else None
+
+
+def record_time(work, step, seconds):
+    """Adds STEP's duration to WORK/timings.json."""
+    path = Path(work) / "timings.json"
+    timings = json.loads(path.read_text()) if path.exists() else {}
+    timings[step] = round(seconds, 1)
+    path.write_text(json.dumps(timings, indent=2))
+
+
+def auroc(y, s):
+    """Area under the ROC curve (Mann-Whitney, ties counted half); None without both classes."""
+    import numpy as np
+    from scipy.stats import rankdata
+
+    y = np.asarray(y).astype(bool)
+    s = np.asarray(s, dtype=np.float64)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    ranks = rankdata(s)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def fmt(v, digits=2):
+    return "n/a" if v is None else f"{v:.{digits}f}"
 
 
 def lucent_ci_eval(work, kind, seed, count, model_ids, threads=1, log=print):

@@ -41,14 +41,9 @@ from PIL import Image  # noqa: E402
 from skimage.transform import resize as sk_resize  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import lucent_bin as _lucent_bin  # noqa: E402
+from common import ROOT, auroc, fmt, lucent_bin, real_data, record_time  # noqa: E402
 
 
-def lucent_bin():
-    return _lucent_bin(log)
-
-
-ROOT = Path(__file__).resolve().parents[2]
 WORK = ROOT / "target" / "lucent-data" / "cxr-training"
 MODEL_DIR = ROOT / "models" / "lucent-cxr"
 MODEL_ID = "lucent-cxr"
@@ -94,27 +89,12 @@ def log(msg):
     print(f"[cxr {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def record_time(step, seconds):
-    path = WORK / "timings.json"
-    timings = json.loads(path.read_text()) if path.exists() else {}
-    timings[step] = round(seconds, 1)
-    path.write_text(json.dumps(timings, indent=2))
-
-
 def lucent_env():
     """Lucent looks for models in $LUCENT_MODELS first: point it at the folder this script writes
     when that is not the repository's models/ (which a binary built here finds by itself)."""
     if MODEL_DIR.parent == ROOT / "models" and not os.environ.get("LUCENT_BIN"):
         return dict(os.environ)
     return {**os.environ, "LUCENT_MODELS": str(MODEL_DIR.parent)}
-
-
-
-
-def nih_dir():
-    base = Path(os.environ.get("LUCENT_REAL_DATA") or (ROOT.parent / "shared" / "data"))
-    d = base / "cxr-nih-dev"
-    return d if (d / "labels.csv").exists() else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,7 +144,7 @@ def read_labels(split):
 
 def step_data(args):
     t0 = time.time()
-    exe = lucent_bin()
+    exe = lucent_bin(log)
     for split, (seed, count) in SPLITS.items():
         out = WORK / split
         have = len(read_labels(split)) if (out / "labels.csv").exists() else 0
@@ -192,7 +172,7 @@ def step_data(args):
                     masks[i, k] = np.round(mask_target(out / "masks" / f"{r['id']}_{f}.png") * 255).astype(np.uint8)
             labels[i, -1] = float(r["abnormal"])
         np.savez(cache, images=images, masks=masks, labels=labels)
-    record_time("data", time.time() - t0)
+    record_time(WORK, "data", time.time() - t0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,7 +347,7 @@ def step_train(args):
         log(json.dumps(entry))
     torch.save(model.state_dict(), WORK / "lucent-cxr.pt")
     (WORK / "history.json").write_text(json.dumps(history, indent=2))
-    record_time("train", time.time() - t0)
+    record_time(WORK, "train", time.time() - t0)
 
 
 def predict(model, images, batch=64):
@@ -422,24 +402,11 @@ def step_export(args):
     log(f"exported {len(data)} bytes; ONNX Runtime vs torch max abs difference {diff:.2e}")
     if diff > 1e-3:
         sys.exit(f"ONNX and torch disagree by {diff}")
-    record_time("export", time.time() - t0)
+    record_time(WORK, "export", time.time() - t0)
 
 
 # ---------------------------------------------------------------------------------------------
 # Metrics
-
-
-def auroc(y, s):
-    """Area under the ROC curve (Mann-Whitney, ties counted half); None without both classes."""
-    from scipy.stats import rankdata
-
-    y = np.asarray(y).astype(bool)
-    s = np.asarray(s, dtype=np.float64)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
-    ranks = rankdata(s)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def auroc_ci(y, s, reps=2000):
@@ -488,7 +455,7 @@ def read_scores(path):
 
 def score_with_lucent(paths, out, bits_stored, threads):
     subprocess.run(
-        [lucent_bin(), "score-cxr", "--model", MODEL_ID, "--out", str(out), "--png-bits-stored", str(bits_stored),
+        [lucent_bin(log), "score-cxr", "--model", MODEL_ID, "--out", str(out), "--png-bits-stored", str(bits_stored),
          "--threads", str(threads), *[str(p) for p in paths]],
         check=True,
         env=lucent_env(),
@@ -657,7 +624,7 @@ def step_evaluate(args):
     metrics["synthetic_map_peak_in_mask"] = {f: float(np.mean(v)) for f, v in inside.items() if v}
 
     # Real data: the 125 NIH ChestX-ray14 radiographs.
-    real = nih_dir()
+    real = real_data("cxr-nih-dev", "labels.csv")
     if real is not None:
         with open(real / "labels.csv") as f:
             nih_rows = list(csv.DictReader(f))
@@ -702,7 +669,7 @@ def step_evaluate(args):
     sha, size = write_manifest(thresholds)
     metrics["sha256"] = sha
     metrics["onnx_bytes"] = size
-    record_time("evaluate", time.time() - t0)
+    record_time(WORK, "evaluate", time.time() - t0)
     timings = WORK / "timings.json"
     metrics["timings_seconds"] = json.loads(timings.read_text()) if timings.exists() else {}
     (MODEL_DIR / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -711,10 +678,6 @@ def step_evaluate(args):
 
 # ---------------------------------------------------------------------------------------------
 # card
-
-
-def fmt(v, digits=2):
-    return "n/a" if v is None else f"{v:.{digits}f}"
 
 
 def fmt_ci(ci):

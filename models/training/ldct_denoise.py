@@ -54,14 +54,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import lucent_bin as _lucent_bin  # noqa: E402
+from common import ROOT, lucent_bin, real_data, record_time  # noqa: E402
 
 
-def lucent_bin():
-    return _lucent_bin(log)
-
-
-ROOT = Path(__file__).resolve().parents[2]
 WORK = ROOT / "target" / "lucent-data" / "ldct-training"
 MODEL_DIR = ROOT / "models" / "lucent-ldct-denoise"
 VERSION = "0.2.0"  # the card's; each model has its own below (0.2.0: the fast size on a half-resolution grid)
@@ -105,21 +100,6 @@ def log(msg):
     print(f"[ldct {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def record_time(step, seconds):
-    path = WORK / "timings.json"
-    timings = json.loads(path.read_text()) if path.exists() else {}
-    timings[step] = round(seconds, 1)
-    path.write_text(json.dumps(timings, indent=2))
-
-
-def real_data_dir():
-    base = Path(os.environ.get("LUCENT_REAL_DATA") or (ROOT.parent / "shared" / "data"))
-    d = base / "ct-acrin-chest"
-    return d if d.is_dir() else None
-
-
-
-
 # ---------------------------------------------------------------------------------------------
 # Lucent's preprocessing (inference/src/ct.rs `denoise`), in float32 like Rust.
 
@@ -157,7 +137,7 @@ def acrin_slices():
     list of (z, HU array, pixel mm, file name)."""
     import pydicom
 
-    src = real_data_dir()
+    src = real_data("ct-acrin-chest", "*.dcm")
     if src is None:
         return []
     raw = WORK / "acrin-raw"
@@ -362,7 +342,6 @@ def step_data(args):
     log(f"I0 (counts per ray per view): real series {i0_real:.3g}, synthetic routine dose {i0_syn:.3g}")
     splits = {"train": [], "val": [], "test": []}
     sources = []
-    n = len(acrin)
     for k, (z, hu, pix, name) in enumerate(acrin):
         if args.quick:
             split = ["train", "train", "val", "test"][k % 4]
@@ -424,7 +403,7 @@ def step_data(args):
     info["noise_sd_check"] = [[round(a, 1), round(b, 1)] for a, b in sds]
     log(f"noise SD (routine, quarter) HU in soft tissue: {info['noise_sd_check']}")
     (WORK / "data_info.json").write_text(json.dumps(info, indent=2))
-    record_time("data", time.time() - t0)
+    record_time(WORK, "data", time.time() - t0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -574,7 +553,7 @@ def step_train(args):
         torch.save(model.state_dict(), WORK / f"{kind}.pt")
         (WORK / f"history_{kind}.json").write_text(json.dumps({"config": cfg, "parameters": params,
                                                                "history": history}, indent=2))
-        record_time(f"train_{kind}", time.time() - t0)
+        record_time(WORK, f"train_{kind}", time.time() - t0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -621,7 +600,7 @@ def step_export(args):
         log(f"{kind}: exported {len(data)} bytes; ONNX Runtime vs torch max abs difference {diff:.2e}")
         if diff > 1e-3:
             sys.exit(f"ONNX and torch disagree by {diff}")
-    record_time("export", time.time() - t0)
+    record_time(WORK, "export", time.time() - t0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -810,7 +789,7 @@ def step_evaluate(args):
 
     make_figure(test, outputs, args)
     (MODEL_DIR / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    record_time("evaluate", time.time() - t0)
+    record_time(WORK, "evaluate", time.time() - t0)
     log(f"wrote {MODEL_DIR / 'metrics.json'}")
 
 
@@ -819,10 +798,10 @@ def lucent_check(args, sessions):
     and compare a few derived slices with Python preprocessing + ONNX Runtime."""
     import pydicom
 
-    src = real_data_dir()
+    src = real_data("ct-acrin-chest", "*.dcm")
     if src is None or args.skip_lucent:
         return {"measured": False, "why": "no ../shared/data/ct-acrin-chest" if src is None else "--skip-lucent"}
-    exe = lucent_bin()
+    exe = lucent_bin(log)
     out = WORK / "lucent-derived"
     shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, "LUCENT_MODELS": str(MODEL_DIR.parent)}

@@ -48,14 +48,9 @@ import numpy as np  # noqa: E402
 from scipy import ndimage as ndi  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import lucent_bin as _lucent_bin  # noqa: E402
+from common import ROOT, auroc, fmt, lucent_bin, real_data, record_time  # noqa: E402
 
 
-def lucent_bin():
-    return _lucent_bin(log)
-
-
-ROOT = Path(__file__).resolve().parents[2]
 WORK = ROOT / "target" / "lucent-data" / "ldct-nodule-training"
 MODEL_DIR = ROOT / "models" / "lucent-ldct-nodule"
 MODEL_ID = "lucent-ldct-nodule"
@@ -99,19 +94,8 @@ def log(msg):
     print(f"[ldct-nodule {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def record_time(step, seconds):
-    path = WORK / "timings.json"
-    timings = json.loads(path.read_text()) if path.exists() else {}
-    timings[step] = round(seconds, 1)
-    path.write_text(json.dumps(timings, indent=2))
-
-
-
-
 def acrin_dir():
-    base = Path(os.environ.get("LUCENT_REAL_DATA") or (ROOT.parent / "shared" / "data"))
-    d = base / "ct-acrin-chest"
-    return d if d.is_dir() and any(d.glob("*.dcm")) else None
+    return real_data("ct-acrin-chest", "*.dcm")
 
 
 def to_unit(hu):
@@ -580,7 +564,7 @@ def step_data(args):
                 log(f"{split}: {i + 1}/{n} patches ({(time.time() - te) / (i + 1):.3f} s each)")
         np.savez(cache, x=xs, t=ts)
         (WORK / f"{split}-patches.json").write_text(json.dumps(info))
-    record_time("data", time.time() - t0)
+    record_time(WORK, "data", time.time() - t0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -706,7 +690,7 @@ def step_train(args):
             log(f"stopped at step {step} of {total_steps}: the {args.max_train_minutes:g} minute budget is spent")
             break
     (WORK / "history.json").write_text(json.dumps(history, indent=2))
-    record_time("train", time.time() - t0)
+    record_time(WORK, "train", time.time() - t0)
 
 
 def patch_metrics(model, xs, ts, batch=16):
@@ -727,18 +711,6 @@ def patch_metrics(model, xs, ts, batch=16):
             peaks += list(p.reshape(len(p), -1).max(1))
             has += list(t.reshape(len(t), -1).max(1) >= 0.5)
     return {"val_dice": round(2 * inter / max(union, 1.0), 4), "val_patch_auroc": round(auroc(has, peaks) or 0.0, 4)}
-
-
-def auroc(y, s):
-    from scipy.stats import rankdata
-
-    y = np.asarray(y).astype(bool)
-    s = np.asarray(s, dtype=np.float64)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
-    r = rankdata(s)
-    return float((r[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -778,7 +750,7 @@ def step_export(args):
         sys.exit(f"ONNX and torch disagree by {diff}")
     (WORK / "export.json").write_text(json.dumps({"ort_vs_torch_max_abs_diff": diff, "bytes": len(data),
                                                   "params": sum(p.numel() for p in model.parameters())}))
-    record_time("export", time.time() - t0)
+    record_time(WORK, "export", time.time() - t0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -844,7 +816,6 @@ lung_region_mm = {LUNG_REGION_MM}
 def write_dicom_series(out_dir, hu_zyx, origin, spacing, seed_name, description, template=None):
     """Uncompressed CT slices, z ascending; `template` (a pydicom dataset) gives the header when
     copying a real series."""
-    import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -947,7 +918,7 @@ def run_lucent_read(path, model_id, models_dir, out_json):
     store = WORK / "store"
     Path(out_json).parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    r = subprocess.run([lucent_bin(), "read", str(path), "--model", model_id, "--json", str(out_json),
+    r = subprocess.run([lucent_bin(log), "read", str(path), "--model", model_id, "--json", str(out_json),
                         "--store", str(store)], env=env, capture_output=True, text=True)
     dt = time.time() - t0
     if r.returncode != 0:
@@ -1169,7 +1140,7 @@ def demo_results(threshold):
 
     store = WORK / "demo-store"
     if not (store / "demo-version").exists():
-        subprocess.run([lucent_bin(), "demo", "--dir", str(store)], check=True, capture_output=True)
+        subprocess.run([lucent_bin(log), "demo", "--dir", str(store)], check=True, capture_output=True)
     out = []
     for series in sorted(p for p in (store / "files").glob("*/*") if p.is_dir()):
         files = sorted(series.glob("*"))
@@ -1297,7 +1268,7 @@ def step_evaluate(args):
     metrics["eval_scans"] = [{k: s[k] for k in ("name", "split", "source", "dims", "spacing_mm")} | {"nodules": len(s["nodules"])}
                              for s in scans]
     metrics["sha256"], metrics["onnx_bytes"] = sha, size
-    record_time("evaluate", time.time() - t0)
+    record_time(WORK, "evaluate", time.time() - t0)
     metrics["timings"] = json.loads((WORK / "timings.json").read_text())
     (MODEL_DIR / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     log(f"wrote {MODEL_DIR / (MODEL_ID + '.toml')} and metrics.json")
@@ -1305,10 +1276,6 @@ def step_evaluate(args):
 
 # ---------------------------------------------------------------------------------------------
 # card
-
-
-def fmt(v, d=2):
-    return "n/a" if v is None else f"{v:.{d}f}"
 
 
 def froc_table(m):
@@ -1368,7 +1335,7 @@ def held_out_lucent_eval(args):
     (data / "nodules.csv").write_text("\n".join(rows) + "\n")
     out = WORK / "held-out-eval.json"
     t0 = time.time()
-    subprocess.run([lucent_bin(), "eval", "--model", MODEL_ID, "--data", str(data), "--json", str(out),
+    subprocess.run([lucent_bin(log), "eval", "--model", MODEL_ID, "--data", str(data), "--json", str(out),
                     "--threads", str(args.threads)], check=True)
     f = json.loads(out.read_text())["models"][0]["froc"]
     last = f["curve"][-1] if f["curve"] else {"sensitivity": 0.0, "fps_per_scan": 0.0}
