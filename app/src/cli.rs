@@ -151,8 +151,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 if p.done == p.total || last.elapsed() > Duration::from_millis(if tty { 100 } else { 2000 }) {
                     *last = Instant::now();
                     let line = format!(
-                        "{}/{} files: {} imported, {} already in store, {} skipped",
-                        p.done, p.total, p.imported, p.duplicates, p.skipped
+                        "{}/{} files: {} imported, {} already in store, {} kept aside, {} skipped",
+                        p.done, p.total, p.imported, p.duplicates, p.conflicts, p.skipped
                     );
                     if tty { eprint!("\r{line}") } else { eprintln!("{line}") }
                 }
@@ -165,7 +165,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
             } else {
                 println!(
-                    "Imported {} instance(s) ({:.1} MB) in {:.1} s: {} patient(s), {} stud(ies), {} series; {} already in store; {} skipped.",
+                    "Imported {} instance(s) ({:.1} MB) in {:.1} s: {} patient(s), {} stud(ies), {} series; {} already in store; {} kept aside as conflicts; {} skipped.",
                     summary.imported,
                     summary.bytes as f64 / 1e6,
                     summary.elapsed_secs,
@@ -173,8 +173,12 @@ pub fn run(cli: Cli) -> Result<()> {
                     summary.studies,
                     summary.series,
                     summary.duplicates,
+                    summary.conflicts.len(),
                     summary.skipped.len()
                 );
+                for c in &summary.conflicts {
+                    println!("  kept aside {} (instance {}): {}", c.path.display(), c.sop_instance_uid, c.kind);
+                }
                 for s in &summary.skipped {
                     println!("  skipped {}: {}", s.path, s.reason);
                 }
@@ -385,15 +389,35 @@ pub fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 println!(
-                    "{} indexed instance(s); {} broken row(s), {} orphan file(s), {} temp file(s): {}",
+                    "{} indexed instance(s); {} broken row(s), {} row(s) whose file names another patient, study or series, {} orphan file(s), {} temp file(s): {}",
                     report.indexed,
                     report.broken_rows.len(),
+                    report.mismatched_rows.len(),
                     report.orphan_files.len(),
                     report.temp_files.len(),
                     if report.is_consistent() { "consistent" } else { "INCONSISTENT" }
                 );
+                for m in &report.mismatched_rows {
+                    println!(
+                        "  instance {}: the file's {} differ from the index",
+                        m.sop_instance_uid,
+                        m.fields.join(", ")
+                    );
+                }
+                for uid in &report.broken_rows {
+                    println!("  instance {uid}: file missing, unreadable or of another instance");
+                }
+                println!("{} instance(s) kept aside as conflicts, waiting for review.", report.conflicts.len());
+                for c in &report.conflicts {
+                    println!("  {} (instance {}): {}", c.path.display(), c.sop_instance_uid, c.kind);
+                }
             }
             anyhow::ensure!(report.is_consistent(), "the store is inconsistent");
+            anyhow::ensure!(
+                report.conflicts.is_empty(),
+                "{} instance(s) are kept aside as conflicts and need review",
+                report.conflicts.len()
+            );
             Ok(())
         }
     }

@@ -80,10 +80,17 @@ pub fn list_files(path: &Path) -> Vec<PathBuf> {
     }
 }
 
+/// Every file under `dir`, following links to folders but never into one twice (a symlink loop
+/// ends the walk of that branch instead of spinning).
 fn walkdir(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
+    let mut seen = std::collections::HashSet::new();
     while let Some(d) = stack.pop() {
+        let Ok(real) = std::fs::canonicalize(&d) else { continue };
+        if !seen.insert(real) {
+            continue;
+        }
         let Ok(entries) = std::fs::read_dir(&d) else { continue };
         for entry in entries.flatten() {
             let p = entry.path();

@@ -14,7 +14,26 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Cli::parse();
-    let result = if args.command.is_none() { lucent_app::gui::run(args) } else { cli::run(args) };
+    if args.command.is_none() {
+        return exit_code(lucent_app::gui::run(args));
+    }
+    // `lucent ls | head -1`: when the reader of stdout goes away, printing fails; end quietly with
+    // the status a process killed by SIGPIPE has, as Unix tools do. (SIGPIPE itself stays ignored,
+    // so a peer that closes a socket is an error to handle, never the end of an SCP.)
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !is_broken_stdout(info.payload()) {
+            default_hook(info);
+        }
+    }));
+    match std::panic::catch_unwind(|| cli::run(args)) {
+        Ok(result) => exit_code(result),
+        Err(payload) if is_broken_stdout(payload.as_ref()) => std::process::ExitCode::from(141),
+        Err(payload) => std::panic::resume_unwind(payload),
+    }
+}
+
+fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -22,4 +41,14 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Whether a panic is `println!` failing on a closed pipe.
+fn is_broken_stdout(payload: &(dyn std::any::Any + Send)) -> bool {
+    let text = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("");
+    text.starts_with("failed printing to stdout") && text.contains("Broken pipe")
 }

@@ -358,9 +358,13 @@ pub fn run_pacs(args: &PacsArgs, store_dir: &Path) -> Result<()> {
             let destination = dest_aet.clone().unwrap_or_else(|| node.our_ae_title.clone());
             let mut store = open_store(store_dir)?;
             let requests = targets(&node, keys)?;
+            // The SCP takes deliveries from the PACS being asked, on every interface (the PACS
+            // connects back to this machine), for the duration of the retrieve.
             let config = ScpConfig {
                 tls_cert_file: scp_tls_cert.clone(),
                 tls_key_file: scp_tls_key.clone(),
+                allowed_calling_aes: vec![node.ae_title.trim().to_owned()],
+                bind_address: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
                 ..ScpConfig::new(&destination, *scp_port)
             };
             let (scp, _events) = net::start_scp(&config, store_dir)
@@ -645,11 +649,11 @@ pub struct ScpArgs {
     /// Our AE title (senders must call it).
     #[arg(long, default_value = DEFAULT_OUR_AET)]
     pub aet: String,
-    /// Calling AE titles allowed, comma-separated (default: anyone).
+    /// Calling AE titles allowed, comma-separated. Without it nobody may send.
     #[arg(long, value_delimiter = ',')]
     pub allow: Vec<String>,
-    /// Address to listen on.
-    #[arg(long, default_value = "0.0.0.0")]
+    /// Address to listen on: this machine only by default; 0.0.0.0 (or ::) for every interface.
+    #[arg(long, default_value = "127.0.0.1")]
     pub bind: IpAddr,
     /// Speak DICOM TLS (only) with this certificate chain (PEM); needs --tls-key.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
@@ -689,7 +693,11 @@ pub fn run_scp(args: &ScpArgs, store_dir: &Path) -> Result<()> {
         scp.local_addr(),
         if config.tls() { " (DICOM TLS)" } else { "" },
         store_dir.display(),
-        if config.allowed_calling_aes.is_empty() { "any".to_owned() } else { config.allowed_calling_aes.join(",") }
+        if config.allowed_calling_aes.is_empty() {
+            "none: every association is refused; name senders with --allow".to_owned()
+        } else {
+            config.allowed_calling_aes.join(",")
+        }
     );
     for event in events.iter() {
         if args.json {

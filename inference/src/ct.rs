@@ -44,6 +44,10 @@ pub struct HuVolume<'a> {
     pub patient_from_voxel: [[f64; 4]; 4],
 }
 
+/// Voxel spacing accepted for CT, mm.
+const MIN_SPACING_MM: f64 = 0.05;
+const MAX_SPACING_MM: f64 = 20.0;
+
 impl<'a> HuVolume<'a> {
     /// Check sizes and spacing.
     pub fn new(
@@ -71,6 +75,19 @@ impl<'a> HuVolume<'a> {
         }
         if self.spacing_mm.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
             return Err(Error::Input(format!("spacing {:?} mm must be positive", self.spacing_mm)));
+        }
+        // Real CT voxels are 0.1 to 10 mm: outside that, resampling to a model's grid would
+        // allocate from a header value rather than from the data.
+        if self.spacing_mm.iter().any(|s| !(MIN_SPACING_MM..=MAX_SPACING_MM).contains(s)) {
+            return Err(Error::Input(format!(
+                "spacing {:?} mm is outside {MIN_SPACING_MM}..{MAX_SPACING_MM} mm: not a CT geometry this model can resample",
+                self.spacing_mm
+            )));
+        }
+        if let HuSamples::F32(s) = self.samples
+            && s.iter().any(|v| !v.is_finite())
+        {
+            return Err(Error::Input("the volume has values that are not finite numbers".into()));
         }
         Ok(())
     }

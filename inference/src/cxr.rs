@@ -106,6 +106,23 @@ impl GreyImage {
         {
             return Err(Error::Input(format!("bits_stored {} is not in 1..=16", self.bits_stored)));
         }
+        if let GreySamples::F32(v) = &self.samples
+            && v.iter().any(|x| !x.is_finite())
+        {
+            return Err(Error::Input(
+                "the image has values that are not finite numbers (an extreme or invalid rescale?)".into(),
+            ));
+        }
+        if let Some(w) = self.voi
+            && !(w.center.is_finite() && w.width.is_finite())
+        {
+            return Err(Error::Input("the image's VOI window is not a finite number".into()));
+        }
+        if let Some(s) = self.pixel_spacing
+            && !(s.row_mm.is_finite() && s.column_mm.is_finite() && s.row_mm > 0.0 && s.column_mm > 0.0)
+        {
+            return Err(Error::Input("the pixel spacing is not a positive finite number".into()));
+        }
         Ok(())
     }
 }

@@ -125,6 +125,11 @@ pub struct InstanceInfo {
     pub patient_orientation: String,
     pub gantry_tilt_deg: Option<f64>,
     pub has_pixel_data: bool,
+    /// Numeric attributes present with values that are not finite numbers (NaN, infinity) or a
+    /// zero RescaleSlope: taken as absent above, so every user of them refuses or warns (see
+    /// [`InstanceInfo::checked_rescale`]) instead of falling back to a default.
+    #[serde(default)]
+    pub unusable_attributes: Vec<String>,
 }
 
 impl InstanceInfo {
@@ -194,7 +199,34 @@ impl InstanceInfo {
                 .unwrap_or_default(),
             gantry_tilt_deg: float(obj, tags::GANTRY_DETECTOR_TILT),
             has_pixel_data,
+            unusable_attributes: unusable_attributes(obj),
         })
+    }
+
+    /// The modality transform's slope and intercept, or an error when the header gives values
+    /// that are not finite numbers (or a zero slope): stored values would otherwise be taken as
+    /// HU with slope 1 and intercept 0, off by the real intercept.
+    pub fn checked_rescale(&self) -> Result<(f64, f64)> {
+        for name in ["RescaleSlope", "RescaleIntercept"] {
+            if self.unusable_attributes.iter().any(|a| a == name) {
+                return Err(Error::invalid(
+                    if name == "RescaleSlope" { "RescaleSlope" } else { "RescaleIntercept" },
+                    "is not a finite number (or the slope is zero): stored values cannot be converted",
+                ));
+            }
+        }
+        Ok(self.rescale())
+    }
+
+    /// An error naming the first geometry attribute (spacing, position, orientation, thickness)
+    /// whose values are not finite.
+    pub fn check_geometry(&self) -> Result<()> {
+        const GEOMETRY: [&str; 5] =
+            ["PixelSpacing", "ImagerPixelSpacing", "ImagePositionPatient", "ImageOrientationPatient", "SliceThickness"];
+        match self.unusable_attributes.iter().find(|a| GEOMETRY.contains(&a.as_str())) {
+            Some(name) => Err(Error::Volume { reason: format!("{name} has values that are not finite numbers") }),
+            None => Ok(()),
+        }
     }
 
     /// The in-plane spacing to use for measurements and whether it is calibrated to the patient.
@@ -239,6 +271,42 @@ impl SpacingSource {
     pub fn is_calibrated(self) -> bool {
         matches!(self, Self::PixelSpacing)
     }
+}
+
+/// Numeric attributes whose values are present but not finite (or a zero RescaleSlope).
+fn unusable_attributes(obj: &InMemDicomObject) -> Vec<String> {
+    let groups = [
+        Some(obj),
+        first_group_item(obj, tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE),
+        first_group_item(obj, tags::PIXEL_MEASURES_SEQUENCE),
+        first_group_item(obj, tags::PLANE_POSITION_SEQUENCE),
+        first_group_item(obj, tags::PLANE_ORIENTATION_SEQUENCE),
+    ];
+    let checked = [
+        (tags::RESCALE_SLOPE, "RescaleSlope"),
+        (tags::RESCALE_INTERCEPT, "RescaleIntercept"),
+        (tags::PIXEL_SPACING, "PixelSpacing"),
+        (tags::IMAGER_PIXEL_SPACING, "ImagerPixelSpacing"),
+        (tags::IMAGE_POSITION_PATIENT, "ImagePositionPatient"),
+        (tags::IMAGE_ORIENTATION_PATIENT, "ImageOrientationPatient"),
+        (tags::SLICE_THICKNESS, "SliceThickness"),
+    ];
+    let mut out = Vec::new();
+    for (tag, name) in checked {
+        let bad = groups.iter().flatten().any(|group| {
+            let Some(elem) = group.get(tag) else { return false };
+            let values = un_numbers(elem).or_else(|| elem.to_multi_float64().ok());
+            match values {
+                Some(v) => v.iter().any(|x| !x.is_finite()) || (tag == tags::RESCALE_SLOPE && v.first() == Some(&0.0)),
+                // Present but not a number at all: text such as "NaN" that does not parse.
+                None => elem.to_str().is_ok_and(|t| !t.trim_matches(['\0', ' ']).is_empty()),
+            }
+        });
+        if bad {
+            out.push(name.to_owned());
+        }
+    }
+    out
 }
 
 fn first_group_item(obj: &InMemDicomObject, seq: Tag) -> Option<&InMemDicomObject> {

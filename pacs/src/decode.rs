@@ -212,6 +212,13 @@ pub fn decode_frame(obj: &DefaultDicomObject, frame: u32) -> Result<Frame> {
     if frame >= module.frames {
         return Err(Error::FrameOutOfRange { frame, frames: module.frames });
     }
+    // Before any decoder allocates: the frame's size from the header, against the limit.
+    crate::limits::Limits::current().check_frame(
+        module.rows,
+        module.columns,
+        module.samples_per_pixel,
+        u32::from(module.bits_allocated).div_ceil(8),
+    )?;
     let ts_uid = obj.meta().transfer_syntax().trim_end_matches('\0').to_owned();
 
     if let Some(elem) = obj.get(tags::FLOAT_PIXEL_DATA).or_else(|| obj.get(tags::DOUBLE_FLOAT_PIXEL_DATA)) {
@@ -348,7 +355,7 @@ fn frame_bitstream(fragments: &[Vec<u8>], offset_table: &[u32], frames: u32, fra
 }
 
 fn jpeg_frame(module: &PixelModule, bitstream: &[u8]) -> Result<Frame> {
-    let image = jpeg::decode(bitstream, module.photometric == "RGB")?;
+    let image = jpeg::decode(bitstream, module.photometric == "RGB", Some((module.columns, module.rows)))?;
     if image.width != module.columns || image.height != module.rows {
         return Err(Error::decode(
             "JPEG",

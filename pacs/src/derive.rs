@@ -47,7 +47,7 @@ pub fn write_derived_series(
         let info = slice.info();
         let sop_uid = uid(&format!("derived-sop:{}:{}:{}", spec.uid_seed, info.sop_instance_uid, slice.frame));
         let mut obj: InMemDicomObject = header.into_inner();
-        let (slope, intercept) = info.rescale();
+        let (slope, intercept) = info.checked_rescale()?;
         let signed = info.pixel_representation == 1;
         let chunk = &values[k * slice_len..(k + 1) * slice_len];
         let stored: Vec<u16> = chunk

@@ -64,9 +64,19 @@ pub enum Error {
     #[error("study store index error: {0}")]
     Index(#[from] rusqlite::Error),
 
+    /// The instance would mix patients, studies or contents with what the store holds: it was
+    /// kept aside in the store's `conflicts/` folder instead of filed.
+    #[error("not filed, kept aside for review in {kept_at}: {kind}")]
+    Conflict { kind: crate::store::ConflictKind, kept_at: PathBuf },
+
     /// A ZIP archive could not be read.
     #[error("cannot read ZIP archive {path}: {detail}")]
     Zip { path: PathBuf, detail: String },
+
+    /// Input asked for more than a limit allows (see `pacs::limits`): refused before anything
+    /// was allocated for it.
+    #[error("{what} of {size} exceeds the limit of {limit} (setting {setting})")]
+    LimitExceeded { what: &'static str, size: u64, limit: u64, setting: &'static str },
 
     /// The operation was cancelled by the user.
     #[error("cancelled")]

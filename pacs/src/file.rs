@@ -31,6 +31,7 @@ pub fn open(path: &Path) -> Result<DefaultDicomObject> {
     if !path.is_file() {
         return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file")));
     }
+    crate::limits::prescan_file(path, false)?;
     OpenFileOptions::new().open_file(path).map_err(not_dicom)
 }
 
@@ -39,11 +40,13 @@ pub fn open_header(path: &Path) -> Result<DefaultDicomObject> {
     if !path.is_file() {
         return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file")));
     }
+    crate::limits::prescan_file(path, true)?;
     OpenFileOptions::new().read_until(tags::PIXEL_DATA).open_file(path).map_err(not_dicom)
 }
 
 /// Parses a Part 10 object from bytes (with or without the 128-byte preamble).
 pub fn open_bytes(bytes: &[u8]) -> Result<DefaultDicomObject> {
+    crate::limits::prescan_bytes(bytes, false)?;
     let body = if bytes.len() >= 132 && &bytes[128..132] == b"DICM" { &bytes[128..] } else { bytes };
     OpenFileOptions::new().read_preamble(dicom_object::file::ReadPreamble::Never).from_reader(body).map_err(not_dicom)
 }
@@ -67,6 +70,7 @@ pub fn read_info(path: &Path) -> Result<InstanceInfo> {
 /// Reads the header summary of a Part 10 object held in memory (with or without the preamble),
 /// stopping before Pixel Data. Pixel Data presence is taken from the header, as in [`read_info`].
 pub fn read_info_bytes(bytes: &[u8]) -> Result<InstanceInfo> {
+    crate::limits::prescan_bytes(bytes, true)?;
     let body = if bytes.len() >= 132 && &bytes[128..132] == b"DICM" { &bytes[128..] } else { bytes };
     let obj = OpenFileOptions::new()
         .read_preamble(dicom_object::file::ReadPreamble::Never)
@@ -92,6 +96,8 @@ pub struct DecodedImage {
 /// Decodes frame `frame_index` of an opened object.
 pub fn decode_image(obj: &DefaultDicomObject, frame_index: u32) -> Result<DecodedImage> {
     let info = info(obj)?;
+    // A modality transform that is not a number is an error, never slope 1 / intercept 0.
+    info.checked_rescale()?;
     let frame = decode::decode_frame(obj, frame_index)?;
     let transform = PixelTransform::from_object(obj, frame_index, &frame);
     let overlays = decode::overlays(obj, frame_index);

@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::attrs::{InstanceInfo, items, string};
 use crate::error::{Error, Result};
 use crate::file;
-use crate::store::{Store, StoredInstance};
+use crate::store::{Conflict, Store, StoredInstance, validate_identity};
 
 /// SOP Class of a DICOMDIR (Media Storage Directory Storage).
 const MEDIA_STORAGE_DIRECTORY: &str = "1.2.840.10008.1.3.10";
@@ -53,6 +53,8 @@ pub struct ImportProgress {
     pub imported: usize,
     pub duplicates: usize,
     pub skipped: usize,
+    /// Instances kept aside as conflicts (see [`crate::store::Conflict`]).
+    pub conflicts: usize,
 }
 
 /// What an import did.
@@ -62,6 +64,9 @@ pub struct ImportSummary {
     pub imported: usize,
     pub duplicates: usize,
     pub skipped: Vec<Skipped>,
+    /// Instances kept aside instead of filed: same SOP Instance UID with other content, or a
+    /// study or series that the store holds under another patient or study.
+    pub conflicts: Vec<Conflict>,
     pub patients: usize,
     pub studies: usize,
     pub series: usize,
@@ -139,7 +144,16 @@ pub fn import_paths(
                         };
                         let Some(source) = next else { break };
                         let outcome = match &writer {
-                            Ok(reader) => import_one(reader, &source),
+                            // A bug must cost one file, never the import of all the others.
+                            Ok(reader) => {
+                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| import_one(reader, &source)))
+                                    .unwrap_or_else(|_| {
+                                        Outcome::Skipped(Skipped {
+                                            path: source.label(),
+                                            reason: "internal error while reading this file (reported as a bug)".into(),
+                                        })
+                                    })
+                            }
                             Err(e) => Outcome::Skipped(Skipped { path: source.label(), reason: e.to_string() }),
                         };
                         if tx.send(outcome).is_err() {
@@ -172,18 +186,22 @@ pub fn import_paths(
             }
             if batch.len() >= options.batch || (!batch.is_empty() && last_flush.elapsed() > Duration::from_millis(500))
             {
-                let added = store.index(&batch)?;
-                state.imported += added;
-                state.duplicates += batch.len() - added;
+                let indexed = store.index(&batch)?;
+                state.imported += indexed.added;
+                state.duplicates += indexed.duplicates;
+                state.conflicts += indexed.conflicts.len();
+                summary.conflicts.extend(indexed.conflicts);
                 batch.clear();
                 last_flush = Instant::now();
             }
             progress(state);
         }
         if !batch.is_empty() {
-            let added = store.index(&batch)?;
-            state.imported += added;
-            state.duplicates += batch.len() - added;
+            let indexed = store.index(&batch)?;
+            state.imported += indexed.added;
+            state.duplicates += indexed.duplicates;
+            state.conflicts += indexed.conflicts.len();
+            summary.conflicts.extend(indexed.conflicts);
             progress(state);
         }
         Ok(())
@@ -191,6 +209,7 @@ pub fn import_paths(
     writer_result?;
     summary.imported = state.imported;
     summary.duplicates = state.duplicates;
+    summary.conflicts.sort_by(|a, b| a.sop_instance_uid.cmp(&b.sop_instance_uid));
     summary.patients = patients.len();
     summary.studies = studies.len();
     summary.series = series.len();
@@ -227,7 +246,9 @@ fn import_one(store: &Store, source: &Source) -> Outcome {
             if let Some(reason) = refuse(&info) {
                 return skip(reason);
             }
-            match store.contains(&info.sop_instance_uid) {
+            // Already stored: a duplicate only when the bytes are the same; otherwise the copy
+            // below is kept aside as a conflict (never dropped, never filed over the other).
+            match store.holds_identical_file(&info.sop_instance_uid, path) {
                 Ok(true) => return Outcome::Duplicate(Box::new(info)),
                 Ok(false) => {}
                 Err(e) => return skip(e.to_string()),
@@ -252,7 +273,7 @@ fn import_one(store: &Store, source: &Source) -> Outcome {
             if let Some(reason) = refuse(&info) {
                 return skip(reason);
             }
-            match store.contains(&info.sop_instance_uid) {
+            match store.holds_identical(&info.sop_instance_uid, &bytes) {
                 Ok(true) => return Outcome::Duplicate(Box::new(info)),
                 Ok(false) => {}
                 Err(e) => return skip(e.to_string()),
@@ -269,10 +290,8 @@ fn import_one(store: &Store, source: &Source) -> Outcome {
 fn refuse(info: &InstanceInfo) -> Option<String> {
     if info.sop_class_uid == MEDIA_STORAGE_DIRECTORY {
         Some("DICOMDIR index (the files it references are imported)".into())
-    } else if info.study_instance_uid.is_empty() || info.series_instance_uid.is_empty() {
-        Some("missing Study or Series Instance UID".into())
     } else {
-        None
+        validate_identity(info).err().map(|e| format!("{e}: the patient and study it belongs to cannot be known"))
     }
 }
 
@@ -280,9 +299,24 @@ fn read_zip_entry(archive: &Path, name: &str) -> Result<Vec<u8>> {
     let zip_err = |e: zip::result::ZipError| Error::Zip { path: archive.to_path_buf(), detail: e.to_string() };
     let file = std::fs::File::open(archive).map_err(|e| Error::io(archive, e))?;
     let mut zip = zip::ZipArchive::new(file).map_err(zip_err)?;
-    let mut entry = zip.by_name(name).map_err(zip_err)?;
-    let mut bytes = Vec::with_capacity(entry.size().min(1 << 30) as usize);
-    entry.read_to_end(&mut bytes).map_err(|e| Error::io(archive, e))?;
+    let entry = zip.by_name(name).map_err(zip_err)?;
+    // The inflated size is capped whatever the archive declares: a declared size over the limit
+    // is refused at once, and an entry that inflates past what it declared is cut off and refused.
+    let limit = crate::limits::Limits::current().max_zip_entry_bytes;
+    let declared = entry.size();
+    let too_big =
+        |size| Error::LimitExceeded { what: "inflated ZIP entry", size, limit, setting: "LUCENT_MAX_ZIP_ENTRY_MB" };
+    if declared > limit {
+        return Err(too_big(declared));
+    }
+    let mut bytes = Vec::with_capacity(declared as usize);
+    entry.take(declared + 1).read_to_end(&mut bytes).map_err(|e| Error::io(archive, e))?;
+    if bytes.len() as u64 > declared {
+        return Err(Error::Zip {
+            path: archive.to_path_buf(),
+            detail: format!("entry {name} inflates past the {declared} bytes it declares"),
+        });
+    }
     Ok(bytes)
 }
 
@@ -334,11 +368,31 @@ fn collect_file(path: &Path, out: &mut BTreeSet<Source>, skipped: &mut Vec<Skipp
     }
 }
 
+/// The entries of an archive, refused whole when what they declare inflated passes the archive's
+/// budget: a gigabyte, or 200 times the archive's own size when that is more (DICOM compresses
+/// far less than that; a zip bomb far more).
 fn zip_entries(archive: &Path) -> Result<Vec<String>> {
     let file = std::fs::File::open(archive).map_err(|e| Error::io(archive, e))?;
-    let zip =
+    let archive_bytes = file.metadata().map_err(|e| Error::io(archive, e))?.len();
+    let mut zip =
         zip::ZipArchive::new(file).map_err(|e| Error::Zip { path: archive.to_path_buf(), detail: e.to_string() })?;
-    Ok(zip.file_names().filter(|n| !n.ends_with('/')).map(str::to_owned).collect())
+    let names: Vec<String> = zip.file_names().filter(|n| !n.ends_with('/')).map(str::to_owned).collect();
+    let budget = (1u64 << 30).max(archive_bytes.saturating_mul(200));
+    let mut declared = 0u64;
+    for i in 0..zip.len() {
+        if let Ok(entry) = zip.by_index_raw(i) {
+            declared = declared.saturating_add(entry.size());
+        }
+    }
+    if declared > budget {
+        return Err(Error::LimitExceeded {
+            what: "inflated ZIP archive",
+            size: declared,
+            limit: budget,
+            setting: "the archive budget: 1 GiB or 200 x its size",
+        });
+    }
+    Ok(names)
 }
 
 /// Files referenced by a DICOMDIR's directory records (Referenced File ID), relative to its folder.

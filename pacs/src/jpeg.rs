@@ -103,7 +103,9 @@ fn colour_marker(data: &[u8]) -> ColourMarker {
 /// Decodes one JPEG bitstream. `declared_rgb` is the DICOM header's word that the samples are
 /// RGB: when the stream has no JFIF or Adobe marker to say otherwise, its 3 components are
 /// taken as they are, with no YCbCr conversion.
-pub(crate) fn decode(data: &[u8], declared_rgb: bool) -> Result<JpegImage> {
+/// `expected` (columns, rows) is the DICOM header's size: a bitstream of another size is refused
+/// before anything is allocated for it.
+pub(crate) fn decode(data: &[u8], declared_rgb: bool, expected: Option<(u32, u32)>) -> Result<JpegImage> {
     let handle = Handle::new()?;
     // SAFETY: data is a valid slice for the duration of the call.
     let rc = unsafe { tj::tj3DecompressHeader(handle.0, data.as_ptr(), data.len() as _) };
@@ -116,6 +118,11 @@ pub(crate) fn decode(data: &[u8], declared_rgb: bool) -> Result<JpegImage> {
     let colorspace = handle.get(tj::TJPARAM_TJPARAM_COLORSPACE);
     if width <= 0 || height <= 0 {
         return Err(Error::decode("JPEG", format!("bad dimensions {width}x{height}")));
+    }
+    if let Some((columns, rows)) = expected
+        && (width as u32 != columns || height as u32 != rows)
+    {
+        return Err(Error::decode("JPEG", format!("bitstream is {width}x{height} but header says {columns}x{rows}")));
     }
     let (components, pixel_format) = match colorspace as u32 {
         c if c == tj::TJCS_TJCS_GRAY => (1u16, tj::TJPF_TJPF_GRAY),

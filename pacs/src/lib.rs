@@ -6,6 +6,8 @@
 //! * [`decode`]: Pixel Data of every common transfer syntax to native samples, one frame at a time
 //!   (native little/big endian, deflate, RLE, JPEG baseline / 12-bit extended / lossless through
 //!   libjpeg-turbo, JPEG-LS through CharLS, JPEG 2000 through the C OpenJPEG).
+//! * [`limits`]: what a file or a peer may make Lucent allocate, and the depth-limited pre-scan
+//!   of element headers that runs before dicom-rs parses any file, received data set or response.
 //! * [`pixels`]: the one pixel pipeline: modality LUT, VOI (windows and LUTs, LINEAR /
 //!   LINEAR_EXACT / SIGMOID), MONOCHROME1 and Presentation LUT Shape, padding, palette colour.
 //!   [`decode::overlays`] gives the overlay planes (60xx) of a frame.
@@ -36,6 +38,7 @@ mod error;
 pub mod file;
 pub mod import;
 mod jpeg;
+pub mod limits;
 pub mod net;
 pub mod pixels;
 mod rle;

@@ -1,18 +1,35 @@
 //! The local study store: DICOM files under a directory the user chooses, indexed in SQLite.
 //!
-//! Layout: `<root>/index.sqlite` (WAL mode), `<root>/files/<study>/<series>/<sop>.dcm`, and
-//! `<root>/tmp/` for writes in flight. A file is written to `tmp/`, fsynced, renamed into
-//! place, its directory fsynced, and only then indexed: a crash leaves at worst an unindexed
-//! file (re-imported next time) or a temp file (removed on open), never an index row without
-//! its file. Network receivers stage files on parallel writer threads (write, fsync) and commit
-//! them in batches ([`StoreFiles::stage`], [`StoreFiles::commit`]): the renames, then one fsync
-//! per directory rather than one per file, then the index.
+//! Layout: `<root>/index.sqlite` (WAL mode), `<root>/files/<study>/<series>/<sop>.dcm`,
+//! `<root>/conflicts/` for instances kept aside, and `<root>/tmp/<writer>/` for writes in flight.
+//! A file is written to its writer's temp folder, fsynced, linked into place (never over an
+//! existing file), its directory fsynced, and only then indexed: a crash leaves at worst an
+//! unindexed file (re-imported next time) or a temp file, never an index row without its file.
+//! Network receivers stage files on parallel writer threads (write, fsync) and commit them in
+//! batches ([`StoreFiles::stage`], [`StoreFiles::commit`]): the links, then one fsync per
+//! directory rather than one per file, then the index.
+//!
+//! # Whose patient a file is
+//! The patient, study and series a file is filed under come from the file's own header and are
+//! never guessed: an instance without SOP, Study or Series Instance UID is refused
+//! ([`validate_identity`]). A placement never replaces a file: an instance whose SOP Instance UID
+//! is already stored is a duplicate only when its bytes are identical. Otherwise, and when a
+//! study already belongs to another patient or a series to another study, the new instance is a
+//! [`Conflict`]: kept aside in `conflicts/`, recorded in the index, and listed by
+//! [`Store::conflicts`] and [`Store::check_consistency`] until someone decides.
+//!
+//! # Temp files
+//! Each process writes in its own `tmp/<pid>-<nonce>/` folder and holds an exclusive lock on
+//! its `lock` file while it lives. Opening a store removes only the folders whose lock is free
+//! (their writer is gone), so no process deletes another's writes in flight.
 
-use std::io::Write;
+use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
 use crate::attrs::InstanceInfo;
@@ -67,6 +84,16 @@ CREATE TABLE IF NOT EXISTS measurements (
     kind         TEXT NOT NULL,
     points_json  TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS conflicts (
+    id           INTEGER PRIMARY KEY,
+    sop_uid      TEXT NOT NULL,
+    study_uid    TEXT NOT NULL,
+    series_uid   TEXT NOT NULL,
+    kind         TEXT NOT NULL,
+    rel_path     TEXT NOT NULL,
+    size_bytes   INTEGER NOT NULL,
+    detected_at  INTEGER NOT NULL
+);
 CREATE INDEX IF NOT EXISTS measurements_by_study ON measurements(study_uid);
 CREATE INDEX IF NOT EXISTS studies_by_patient ON studies(patient_key);
 CREATE INDEX IF NOT EXISTS studies_by_date ON studies(study_date);
@@ -74,12 +101,87 @@ CREATE INDEX IF NOT EXISTS series_by_study ON series(study_uid);
 CREATE INDEX IF NOT EXISTS instances_by_series ON instances(series_uid);
 ";
 
-/// A file placed in the store, ready to be indexed.
+/// A file placed in the store, ready to be indexed: in its place under `files/`, or kept aside
+/// under `conflicts/` when `conflict` says why.
 #[derive(Debug, Clone)]
 pub struct StoredInstance {
     pub info: InstanceInfo,
     pub rel_path: String,
     pub size_bytes: u64,
+    /// Set when the file could not go in its place (see [`ConflictKind`]).
+    pub conflict: Option<ConflictKind>,
+}
+
+/// Why an instance was kept aside instead of filed. (No patient data: the kind only.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConflictKind {
+    /// Same SOP Instance UID as a stored instance, different bytes.
+    DifferentContent,
+    /// Same SOP Instance UID as a stored instance of another study or series.
+    InstanceElsewhere,
+    /// The study is stored under another patient (Patient ID or Patient's Name differ).
+    StudyOfOtherPatient,
+    /// The series is stored under another study.
+    SeriesOfOtherStudy,
+}
+
+impl ConflictKind {
+    fn key(self) -> &'static str {
+        match self {
+            Self::DifferentContent => "different_content",
+            Self::InstanceElsewhere => "instance_elsewhere",
+            Self::StudyOfOtherPatient => "study_of_other_patient",
+            Self::SeriesOfOtherStudy => "series_of_other_study",
+        }
+    }
+
+    fn from_key(key: &str) -> Option<Self> {
+        [Self::DifferentContent, Self::InstanceElsewhere, Self::StudyOfOtherPatient, Self::SeriesOfOtherStudy]
+            .into_iter()
+            .find(|k| k.key() == key)
+    }
+
+    /// What happened, for people.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::DifferentContent => "an instance with this SOP Instance UID is stored with different content",
+            Self::InstanceElsewhere => "an instance with this SOP Instance UID is stored in another study or series",
+            Self::StudyOfOtherPatient => "this study is stored under another patient (Patient ID or name differ)",
+            Self::SeriesOfOtherStudy => "this series is stored under another study",
+        }
+    }
+}
+
+impl std::fmt::Display for ConflictKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.describe())
+    }
+}
+
+/// An instance kept aside because filing it would have mixed patients, studies or contents.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Conflict {
+    pub sop_instance_uid: String,
+    pub study_instance_uid: String,
+    pub series_instance_uid: String,
+    pub kind: ConflictKind,
+    /// Where the instance is kept (absolute).
+    pub path: PathBuf,
+    pub size_bytes: u64,
+    /// Seconds since the Unix epoch.
+    pub detected_at: i64,
+}
+
+/// What indexing a batch did.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct IndexOutcome {
+    /// New instances in the index.
+    pub added: usize,
+    /// Instances that were indexed already (identical files).
+    pub duplicates: usize,
+    /// Instances kept aside instead.
+    pub conflicts: Vec<Conflict>,
 }
 
 /// Filters for listing studies. Empty fields match everything.
@@ -170,15 +272,47 @@ pub struct ConsistencyReport {
     pub indexed: usize,
     /// Index rows whose file is missing or unreadable, or whose SOP Instance UID differs.
     pub broken_rows: Vec<String>,
+    /// Index rows whose file's own header names another patient, study or series than the index.
+    pub mismatched_rows: Vec<IdentityMismatch>,
     /// Files under `files/` that no index row points at.
     pub orphan_files: Vec<PathBuf>,
-    /// Leftover temp files.
+    /// Leftover temp files of writers that are gone.
     pub temp_files: Vec<PathBuf>,
+    /// Instances kept aside, waiting for a decision.
+    pub conflicts: Vec<Conflict>,
+}
+
+/// An index row that disagrees with its file's header. (Field names only, no values.)
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct IdentityMismatch {
+    pub sop_instance_uid: String,
+    /// Which of "patient_id", "patient_name", "study_instance_uid", "series_instance_uid" differ.
+    pub fields: Vec<&'static str>,
 }
 
 impl ConsistencyReport {
+    /// Index and files agree (conflicts kept aside are listed, not counted against this).
     pub fn is_consistent(&self) -> bool {
-        self.broken_rows.is_empty() && self.orphan_files.is_empty() && self.temp_files.is_empty()
+        self.broken_rows.is_empty()
+            && self.mismatched_rows.is_empty()
+            && self.orphan_files.is_empty()
+            && self.temp_files.is_empty()
+    }
+}
+
+/// Refuses an instance whose identity is not all in its header: the patient and study it
+/// belongs to must never be guessed.
+pub fn validate_identity(info: &InstanceInfo) -> Result<()> {
+    let missing = [
+        (info.sop_instance_uid.as_str(), "SOPInstanceUID"),
+        (info.study_instance_uid.as_str(), "StudyInstanceUID"),
+        (info.series_instance_uid.as_str(), "SeriesInstanceUID"),
+    ]
+    .into_iter()
+    .find(|(v, _)| v.trim().is_empty());
+    match missing {
+        Some((_, name)) => Err(Error::MissingAttribute { name }),
+        None => Ok(()),
     }
 }
 
@@ -191,17 +325,15 @@ pub struct Store {
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl Store {
-    /// Opens (creating if needed) the store at `root`, and removes temp files of interrupted writes.
+    /// Opens (creating if needed) the store at `root`, and removes the temp files of writers
+    /// that are gone (never those of a live process: see the module docs).
     pub fn open(root: &Path) -> Result<Self> {
-        for dir in [root.to_path_buf(), root.join("files"), root.join("tmp")] {
-            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        for dir in [root.to_path_buf(), root.join("files"), root.join("tmp"), root.join("conflicts")] {
+            create_private_dir(&dir)?;
         }
-        let tmp = root.join("tmp");
-        if let Ok(entries) = std::fs::read_dir(&tmp) {
-            for entry in entries.flatten() {
-                // A leftover temp file is an interrupted write: its source will be imported again.
-                let _ = std::fs::remove_file(entry.path());
-            }
+        // A leftover temp file is an interrupted write: its source will be imported again.
+        for dead in abandoned_temp_files(&root.join("tmp")) {
+            let _ = if dead.is_dir() { std::fs::remove_dir_all(&dead) } else { std::fs::remove_file(&dead) };
         }
         let conn = Connection::open(root.join("index.sqlite"))?;
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
@@ -247,9 +379,36 @@ impl Store {
         )
     }
 
-    /// Writes `bytes` atomically at the instance's place in the store (not yet indexed).
+    /// Writes `bytes` atomically at the instance's place in the store (not yet indexed); an
+    /// existing file there is never replaced (see [`StoreFiles::write`]).
     pub fn write_file(&self, info: &InstanceInfo, bytes: &[u8]) -> Result<StoredInstance> {
         self.files().write(info, &[bytes])
+    }
+
+    /// The file an indexed instance is stored in.
+    pub fn instance_path(&self, sop_uid: &str) -> Result<Option<PathBuf>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT rel_path FROM instances WHERE sop_uid = ?1")?
+            .query_row([sop_uid], |r| r.get::<_, String>(0))
+            .optional()?
+            .map(|rel| self.root.join(rel)))
+    }
+
+    /// Whether `bytes` are exactly the stored copy of the instance `sop_uid` (false when it is
+    /// not stored, or its file cannot be read).
+    pub fn holds_identical(&self, sop_uid: &str, bytes: &[u8]) -> Result<bool> {
+        Ok(match self.instance_path(sop_uid)? {
+            Some(path) => same_content(&path, &mut std::io::Cursor::new(bytes)).unwrap_or(false),
+            None => false,
+        })
+    }
+
+    /// Whether the file at `source` is exactly the stored copy of the instance `sop_uid`.
+    pub fn holds_identical_file(&self, sop_uid: &str, source: &Path) -> Result<bool> {
+        let Some(path) = self.instance_path(sop_uid)? else { return Ok(false) };
+        let mut src = std::fs::File::open(source).map_err(|e| Error::io(source, e))?;
+        Ok(same_content(&path, &mut src).unwrap_or(false))
     }
 
     /// A handle that writes files into this store from any thread (indexing stays with the `Store`).
@@ -257,25 +416,42 @@ impl Store {
         StoreFiles { root: self.root.clone() }
     }
 
-    /// Copies a source file atomically into the store (not yet indexed).
+    /// Copies a source file atomically into the store (not yet indexed); an existing file at
+    /// its place is never replaced (see [`StoreFiles::write`]).
     pub fn copy_file(&self, info: &InstanceInfo, source: &Path) -> Result<StoredInstance> {
-        let rel_path = Self::relative_path_for(info);
-        let dest = self.root.join(&rel_path);
         let mut src = std::fs::File::open(source).map_err(|e| Error::io(source, e))?;
-        let mut size = 0;
-        write_atomically(&self.root.join("tmp"), &dest, |f| {
-            size = std::io::copy(&mut src, f)?;
-            Ok(())
-        })?;
-        Ok(StoredInstance { info: info.clone(), rel_path, size_bytes: size })
+        self.files().write_with(info, |f| std::io::copy(&mut src, f))
     }
 
-    /// Indexes stored files in one transaction. Already indexed instances are left as they are.
-    /// Returns how many rows were new.
-    pub fn index(&mut self, batch: &[StoredInstance]) -> Result<usize> {
-        let tx = self.conn.transaction()?;
-        let mut added = 0;
+    /// Keeps a file aside as a conflict (not filed; recorded by [`Store::index`]).
+    pub fn keep_aside(&self, info: &InstanceInfo, bytes: &[u8], kind: ConflictKind) -> Result<StoredInstance> {
+        let files = self.files();
+        let tmp = files.temp_path()?;
+        let written = (|| {
+            let mut f = create_private_file(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(Error::io(&tmp, e));
+        }
+        files.set_aside(info, &tmp, bytes.len() as u64, kind)
+    }
+
+    /// Indexes placed files in one transaction. An instance already indexed at the same place is a
+    /// duplicate; one that would mix patients, studies or series, or that was placed aside, is
+    /// recorded as a [`Conflict`] (its file moved to `conflicts/`) and not indexed.
+    pub fn index(&mut self, batch: &[StoredInstance]) -> Result<IndexOutcome> {
+        let mut outcome = IndexOutcome::default();
+        let files = StoreFiles { root: self.root.clone() };
+        // Take the write lock first: the checks below and the inserts see one state of the index.
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
+            let mut record_conflict = tx.prepare_cached(
+                "INSERT INTO conflicts (sop_uid, study_uid, series_uid, kind, rel_path, size_bytes, detected_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
             let mut patient = tx.prepare_cached(
                 "INSERT INTO patients (patient_id, patient_name, birth_date, sex) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (patient_id, patient_name) DO UPDATE SET
@@ -297,6 +473,34 @@ impl Store {
             )?;
             for s in batch {
                 let i = &s.info;
+                validate_identity(i)?;
+                let kind = match s.conflict {
+                    Some(kind) => Some(kind),
+                    None => identity_conflict(&tx, i, &s.rel_path)?,
+                };
+                if let Some(kind) = kind {
+                    let aside = if s.conflict.is_some() { s.clone() } else { files.move_aside(s, kind)? };
+                    let detected_at = unix_now();
+                    record_conflict.execute(params![
+                        i.sop_instance_uid,
+                        i.study_instance_uid,
+                        i.series_instance_uid,
+                        kind.key(),
+                        aside.rel_path,
+                        aside.size_bytes as i64,
+                        detected_at
+                    ])?;
+                    outcome.conflicts.push(Conflict {
+                        sop_instance_uid: i.sop_instance_uid.clone(),
+                        study_instance_uid: i.study_instance_uid.clone(),
+                        series_instance_uid: i.series_instance_uid.clone(),
+                        kind,
+                        path: self.root.join(&aside.rel_path),
+                        size_bytes: aside.size_bytes,
+                        detected_at,
+                    });
+                    continue;
+                }
                 let key: i64 = patient
                     .query_row(params![i.patient_id, i.patient_name, i.patient_birth_date, i.patient_sex], |r| {
                         r.get(0)
@@ -319,7 +523,7 @@ impl Store {
                     i.frame_of_reference_uid,
                     i.view_position
                 ])?;
-                added += instance.execute(params![
+                let added = instance.execute(params![
                     i.sop_instance_uid,
                     i.series_instance_uid,
                     i.sop_class_uid,
@@ -331,19 +535,66 @@ impl Store {
                     i.columns,
                     i.number_of_frames
                 ])?;
+                outcome.added += added;
+                outcome.duplicates += 1 - added.min(1);
             }
         }
         tx.commit()?;
-        Ok(added)
+        Ok(outcome)
     }
 
-    /// Stores and indexes one object from bytes (used by network receivers).
+    /// Stores and indexes one object from bytes. A conflict is kept aside and returned as
+    /// [`Error::Conflict`].
     pub fn add_bytes(&mut self, bytes: &[u8]) -> Result<InstanceInfo> {
         let obj = file::open_bytes(bytes)?;
         let info = file::info(&obj)?;
+        validate_identity(&info)?;
         let stored = self.write_file(&info, bytes)?;
-        self.index(&[stored])?;
-        Ok(info)
+        let outcome = self.index(&[stored])?;
+        match outcome.conflicts.first() {
+            Some(c) => Err(Error::Conflict { kind: c.kind, kept_at: c.path.clone() }),
+            None => Ok(info),
+        }
+    }
+
+    /// Whether filing `info` would conflict with what the index holds (a study of another
+    /// patient, a series of another study, the SOP Instance UID stored elsewhere). A check ahead
+    /// of time for receivers that answer before they index; [`Store::index`] checks again.
+    pub fn precheck(&self, info: &InstanceInfo) -> Result<Option<ConflictKind>> {
+        validate_identity(info)?;
+        Ok(identity_conflict(&self.conn, info, &Self::relative_path_for(info))?)
+    }
+
+    /// The instances kept aside, oldest first.
+    pub fn conflicts(&self) -> Result<Vec<Conflict>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT sop_uid, study_uid, series_uid, kind, rel_path, size_bytes, detected_at FROM conflicts ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, i64>(6)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (sop, study, series, kind, rel, size, at) = row?;
+            out.push(Conflict {
+                sop_instance_uid: sop,
+                study_instance_uid: study,
+                series_instance_uid: series,
+                kind: ConflictKind::from_key(&kind).unwrap_or(ConflictKind::DifferentContent),
+                path: self.root.join(rel),
+                size_bytes: size.max(0) as u64,
+                detected_at: at,
+            });
+        }
+        Ok(out)
     }
 
     pub fn counts(&self) -> Result<StoreCounts> {
@@ -505,17 +756,53 @@ impl Store {
         Ok(out)
     }
 
-    /// Checks that the index and the files agree. Reads every header: use on demand, not at start-up.
+    /// Checks that the index and the files agree: every indexed file exists and its own header
+    /// names the patient, study, series and instance the index files it under; no file is
+    /// unindexed; no temp file of a dead writer is left; and lists the conflicts kept aside.
+    /// Reads every header: use on demand, not at start-up.
     pub fn check_consistency(&self) -> Result<ConsistencyReport> {
         let mut report = ConsistencyReport::default();
         let mut indexed = std::collections::BTreeSet::new();
-        let mut stmt = self.conn.prepare("SELECT sop_uid, rel_path FROM instances ORDER BY sop_uid")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut stmt = self.conn.prepare(
+            "SELECT i.sop_uid, i.rel_path, i.series_uid, r.study_uid, p.patient_id, p.patient_name
+             FROM instances i
+             LEFT JOIN series r ON r.series_uid = i.series_uid
+             LEFT JOIN studies s ON s.study_uid = r.study_uid
+             LEFT JOIN patients p ON p.patient_key = s.patient_key
+             ORDER BY i.sop_uid",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<String>>(4)?,
+                r.get::<_, Option<String>>(5)?,
+            ))
+        })?;
         for row in rows {
-            let (uid, rel) = row?;
+            let (uid, rel, series_uid, study_uid, patient_id, patient_name) = row?;
             let path = self.root.join(&rel);
             match file::read_info(&path) {
-                Ok(info) if info.sop_instance_uid == uid => {}
+                Ok(info) if info.sop_instance_uid == uid => {
+                    let mut fields = Vec::new();
+                    if study_uid.as_deref() != Some(info.study_instance_uid.as_str()) {
+                        fields.push("study_instance_uid");
+                    }
+                    if series_uid != info.series_instance_uid {
+                        fields.push("series_instance_uid");
+                    }
+                    if patient_id.as_deref() != Some(info.patient_id.as_str()) {
+                        fields.push("patient_id");
+                    }
+                    if patient_name.as_deref() != Some(info.patient_name.as_str()) {
+                        fields.push("patient_name");
+                    }
+                    if !fields.is_empty() {
+                        report.mismatched_rows.push(IdentityMismatch { sop_instance_uid: uid.clone(), fields });
+                    }
+                }
                 _ => report.broken_rows.push(uid),
             }
             indexed.insert(path);
@@ -526,15 +813,17 @@ impl Store {
                 report.orphan_files.push(entry.path().to_path_buf());
             }
         }
-        if let Ok(entries) = std::fs::read_dir(self.root.join("tmp")) {
-            report.temp_files.extend(entries.flatten().map(|e| e.path()));
-        }
+        report.temp_files = abandoned_temp_files(&self.root.join("tmp"));
+        report.conflicts = self.conflicts()?;
         Ok(report)
     }
 }
 
-/// Writes files into a store's folder from any thread, atomically (temp file, fsync, rename,
-/// directory fsync), without touching the index: pass the results to [`Store::index`].
+/// Writes files into a store's folder from any thread, atomically (temp file, fsync, link into
+/// place, directory fsync), without touching the index: pass the results to [`Store::index`].
+/// A file already at an instance's place is never replaced: identical bytes go on to the index
+/// (a duplicate, or an unindexed file from a crash), different bytes are kept aside as a
+/// [`ConflictKind::DifferentContent`] conflict.
 #[derive(Debug, Clone)]
 pub struct StoreFiles {
     root: PathBuf,
@@ -544,22 +833,61 @@ impl StoreFiles {
     /// Writes the concatenation of `parts` (e.g. a Part 10 header and a received data set)
     /// at the instance's place in the store (not yet indexed).
     pub fn write(&self, info: &InstanceInfo, parts: &[&[u8]]) -> Result<StoredInstance> {
-        let rel_path = Store::relative_path_for(info);
-        let dest = self.root.join(&rel_path);
-        write_atomically(&self.root.join("tmp"), &dest, |f| parts.iter().try_for_each(|p| f.write_all(p)))?;
-        let size_bytes = parts.iter().map(|p| p.len() as u64).sum();
-        Ok(StoredInstance { info: info.clone(), rel_path, size_bytes })
+        self.write_with(info, |f| {
+            parts.iter().try_for_each(|p| f.write_all(p))?;
+            Ok(parts.iter().map(|p| p.len() as u64).sum())
+        })
     }
 
-    /// Writes the concatenation of `parts` to a temp file in `tmp/` and fsyncs it, not yet in
-    /// place: [`StoreFiles::commit`] a batch of them (the renames, then one fsync per directory
-    /// instead of one per file), then index it. Writer threads stage in parallel.
-    pub fn stage(&self, info: &InstanceInfo, parts: &[&[u8]]) -> Result<StagedFile> {
+    /// Writes what `write` writes (returning its length) at the instance's place.
+    fn write_with(
+        &self,
+        info: &InstanceInfo,
+        write: impl FnOnce(&mut std::fs::File) -> std::io::Result<u64>,
+    ) -> Result<StoredInstance> {
+        validate_identity(info)?;
         let rel_path = Store::relative_path_for(info);
         let dest = self.root.join(&rel_path);
-        let tmp = self.root.join("tmp").join(temp_name());
+        let tmp = self.temp_path()?;
         let written = (|| {
-            let mut f = std::fs::File::create(&tmp)?;
+            let mut f = create_private_file(&tmp)?;
+            let size = write(&mut f)?;
+            f.sync_all()?;
+            Ok(size)
+        })();
+        let size_bytes = match written {
+            Ok(size) => size,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(Error::io(&dest, e));
+            }
+        };
+        let parent = dest.parent().unwrap_or(Path::new("."));
+        let stored = StoredInstance { info: info.clone(), rel_path, size_bytes, conflict: None };
+        match self.place(&tmp, &dest) {
+            Ok(Placed::New) => {
+                sync_dir(parent).map_err(|e| Error::io(parent, e))?;
+                Ok(stored)
+            }
+            Ok(Placed::Identical) => Ok(stored),
+            Ok(Placed::Differs) => self.set_aside(info, &tmp, size_bytes, ConflictKind::DifferentContent),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(Error::io(&dest, e))
+            }
+        }
+    }
+
+    /// Writes the concatenation of `parts` to a temp file of this process and fsyncs it, not yet
+    /// in place: [`StoreFiles::commit`] a batch of them (the links, then one fsync per directory
+    /// instead of one per file), then index it. Writer threads stage in parallel.
+    pub fn stage(&self, info: &InstanceInfo, parts: &[&[u8]]) -> Result<StagedFile> {
+        validate_identity(info)?;
+        let rel_path = Store::relative_path_for(info);
+        let dest = self.root.join(&rel_path);
+        let tmp = self.temp_path()?;
+        let written = (|| {
+            let mut f = create_private_file(&tmp)?;
             parts.iter().try_for_each(|p| f.write_all(p))?;
             f.sync_all()
         })();
@@ -568,35 +896,41 @@ impl StoreFiles {
             return Err(Error::io(&dest, e));
         }
         let size_bytes = parts.iter().map(|p| p.len() as u64).sum();
-        Ok(StagedFile { tmp, stored: StoredInstance { info: info.clone(), rel_path, size_bytes } })
+        Ok(StagedFile { tmp, stored: StoredInstance { info: info.clone(), rel_path, size_bytes, conflict: None } })
     }
 
-    /// Puts staged (already synced) files in place: renames each, then fsyncs each directory
+    /// Puts staged (already synced) files in place: links each, then fsyncs each directory
     /// once. A crash before this returns leaves at worst temp files (removed when the store next
-    /// opens) or whole but unindexed files in place. Returns the instances to index, and the ones
-    /// that could not be placed with the reason.
+    /// opens) or whole but unindexed files in place. Returns the instances to index (conflicts
+    /// kept aside among them, marked), and the ones that could not be placed with the reason.
     pub fn commit(&self, staged: Vec<StagedFile>) -> (Vec<StoredInstance>, Vec<(StoredInstance, String)>) {
         let (mut placed, mut failed) = (Vec::with_capacity(staged.len()), Vec::new());
         if staged.is_empty() {
             return (placed, failed);
         }
         let mut parents: Vec<PathBuf> = Vec::new();
+        let mut aside = Vec::new();
         for file in staged {
             let dest = self.root.join(&file.stored.rel_path);
             let parent = dest.parent().unwrap_or(Path::new(".")).to_path_buf();
-            let moved = std::fs::create_dir_all(&parent)
-                .and_then(|()| std::fs::rename(&file.tmp, &dest))
-                .map_err(|e| e.to_string());
-            match moved {
-                Ok(()) => {
+            match self.place(&file.tmp, &dest) {
+                Ok(Placed::New) => {
                     if !parents.contains(&parent) {
                         parents.push(parent);
                     }
                     placed.push(file.stored);
                 }
-                Err(reason) => {
+                Ok(Placed::Identical) => placed.push(file.stored),
+                Ok(Placed::Differs) => {
+                    let s = &file.stored;
+                    match self.set_aside(&s.info, &file.tmp, s.size_bytes, ConflictKind::DifferentContent) {
+                        Ok(kept) => aside.push(kept),
+                        Err(e) => failed.push((file.stored, e.to_string())),
+                    }
+                }
+                Err(e) => {
                     let _ = std::fs::remove_file(&file.tmp);
-                    failed.push((file.stored, reason));
+                    failed.push((file.stored, e.to_string()));
                 }
             }
         }
@@ -607,11 +941,116 @@ impl StoreFiles {
                 dirs.push(up.to_path_buf());
             }
         }
-        if let Some(e) = dirs.iter().find_map(|d| std::fs::File::open(d).and_then(|f| f.sync_all()).err()) {
+        if let Some(e) = dirs.iter().find_map(|d| sync_dir(d).err()) {
             failed.extend(placed.drain(..).map(|p| (p, e.to_string())));
         }
+        placed.extend(aside);
         (placed, failed)
     }
+
+    /// A new temp file path in this process's own temp folder.
+    fn temp_path(&self) -> Result<PathBuf> {
+        let dir = writer_dir(&self.root.join("tmp"))?;
+        Ok(dir.join(format!("{}.tmp", TEMP_COUNTER.fetch_add(1, Ordering::Relaxed))))
+    }
+
+    /// Links `tmp` to `dest` unless something is there already (then compares the two). `tmp` is
+    /// removed unless the answer is [`Placed::Differs`].
+    fn place(&self, tmp: &Path, dest: &Path) -> std::io::Result<Placed> {
+        let parent = dest.parent().unwrap_or(Path::new("."));
+        create_private_dir(parent).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let linked = match std::fs::hard_link(tmp, dest) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+            // A file system without hard links: check, then rename (not atomic against a second
+            // writer of the same instance at the same moment).
+            Err(_) if !dest.exists() => {
+                std::fs::rename(tmp, dest)?;
+                return Ok(Placed::New);
+            }
+            Err(_) => false,
+        };
+        if linked {
+            let _ = std::fs::remove_file(tmp);
+            return Ok(Placed::New);
+        }
+        let mut staged = std::fs::File::open(tmp)?;
+        if same_content(dest, &mut staged)? {
+            let _ = std::fs::remove_file(tmp);
+            Ok(Placed::Identical)
+        } else {
+            Ok(Placed::Differs)
+        }
+    }
+
+    /// Moves a temp file into `conflicts/` and describes it.
+    fn set_aside(
+        &self,
+        info: &InstanceInfo,
+        tmp: &Path,
+        size_bytes: u64,
+        kind: ConflictKind,
+    ) -> Result<StoredInstance> {
+        let rel_path = conflict_path(info);
+        let dest = self.root.join(&rel_path);
+        let dir = self.root.join("conflicts");
+        create_private_dir(&dir)?;
+        std::fs::rename(tmp, &dest).map_err(|e| {
+            let _ = std::fs::remove_file(tmp);
+            Error::io(&dest, e)
+        })?;
+        sync_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+        Ok(StoredInstance { info: info.clone(), rel_path, size_bytes, conflict: Some(kind) })
+    }
+
+    /// Moves a placed (unindexed) file into `conflicts/`.
+    fn move_aside(&self, stored: &StoredInstance, kind: ConflictKind) -> Result<StoredInstance> {
+        let rel_path = conflict_path(&stored.info);
+        let (from, to) = (self.root.join(&stored.rel_path), self.root.join(&rel_path));
+        create_private_dir(&self.root.join("conflicts"))?;
+        std::fs::rename(&from, &to).map_err(|e| Error::io(&from, e))?;
+        Ok(StoredInstance { rel_path, conflict: Some(kind), ..stored.clone() })
+    }
+}
+
+/// Whether indexing `info` (placed at `rel_path`) would file it against what the index holds.
+fn identity_conflict(conn: &Connection, info: &InstanceInfo, rel_path: &str) -> rusqlite::Result<Option<ConflictKind>> {
+    let place: Option<String> = conn
+        .prepare_cached("SELECT rel_path FROM instances WHERE sop_uid = ?1")?
+        .query_row([&info.sop_instance_uid], |r| r.get(0))
+        .optional()?;
+    if place.is_some_and(|p| p != rel_path) {
+        return Ok(Some(ConflictKind::InstanceElsewhere));
+    }
+    // The study's patient, compared by the same key the patients table is unique on.
+    let owner: Option<(String, String)> = conn
+        .prepare_cached(
+            "SELECT p.patient_id, p.patient_name FROM studies s JOIN patients p ON p.patient_key = s.patient_key
+             WHERE s.study_uid = ?1",
+        )?
+        .query_row([&info.study_instance_uid], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    if owner.is_some_and(|(id, name)| id != info.patient_id || name != info.patient_name) {
+        return Ok(Some(ConflictKind::StudyOfOtherPatient));
+    }
+    let parent: Option<String> = conn
+        .prepare_cached("SELECT study_uid FROM series WHERE series_uid = ?1")?
+        .query_row([&info.series_instance_uid], |r| r.get(0))
+        .optional()?;
+    if parent.is_some_and(|p| p != info.study_instance_uid) {
+        return Ok(Some(ConflictKind::SeriesOfOtherStudy));
+    }
+    Ok(None)
+}
+
+/// What [`StoreFiles::place`] found at the destination.
+enum Placed {
+    /// Nothing: the file is now there.
+    New,
+    /// The same bytes.
+    Identical,
+    /// Other bytes: the temp file is left for the caller.
+    Differs,
 }
 
 /// A file written by [`StoreFiles::stage`], waiting for [`StoreFiles::commit`].
@@ -621,8 +1060,129 @@ pub struct StagedFile {
     pub stored: StoredInstance,
 }
 
-fn temp_name() -> String {
-    format!("{}-{}.tmp", std::process::id(), TEMP_COUNTER.fetch_add(1, Ordering::Relaxed))
+/// Where a conflicting instance is kept: `conflicts/<sop>-<time>-<n>.dcm`.
+fn conflict_path(info: &InstanceInfo) -> String {
+    format!(
+        "conflicts/{}-{}-{}.dcm",
+        safe_component(&info.sop_instance_uid),
+        unix_now(),
+        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Whether the file at `path` holds exactly the bytes `other` yields.
+fn same_content(path: &Path, other: &mut impl Read) -> std::io::Result<bool> {
+    let mut file = std::fs::File::open(path)?;
+    let (mut a, mut b) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    loop {
+        let n = read_full(&mut file, &mut a)?;
+        let m = read_full(other, &mut b)?;
+        if n != m || a[..n] != b[..m] {
+            return Ok(false);
+        }
+        if n == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+/// Reads until `buf` is full or the end.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// This process's own temp folder under `tmp_root`, created once and locked for the process's
+/// lifetime (see the module docs).
+fn writer_dir(tmp_root: &Path) -> Result<PathBuf> {
+    type Dirs = Mutex<HashMap<PathBuf, Arc<(PathBuf, std::fs::File)>>>;
+    static DIRS: OnceLock<Dirs> = OnceLock::new();
+    let dirs = DIRS.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut dirs = dirs.lock().map_err(|_| Error::Write { detail: "the temp folder table is poisoned".to_owned() })?;
+    if let Some(entry) = dirs.get(tmp_root)
+        && entry.0.is_dir()
+    {
+        return Ok(entry.0.clone());
+    }
+    create_private_dir(tmp_root)?;
+    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let name = format!("{}-{nonce:08x}", std::process::id());
+    // Made and locked under a hidden name, then renamed: no other process ever sees the folder
+    // without its lock held.
+    let init = tmp_root.join(format!(".{name}.init"));
+    create_private_dir(&init)?;
+    let lock_path = init.join("lock");
+    let lock = create_private_file(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
+    lock.try_lock().map_err(|e| Error::io(&lock_path, std::io::Error::other(e.to_string())))?;
+    let dir = tmp_root.join(name);
+    std::fs::rename(&init, &dir).map_err(|e| Error::io(&dir, e))?;
+    dirs.insert(tmp_root.to_path_buf(), Arc::new((dir.clone(), lock)));
+    Ok(dir)
+}
+
+/// Temp folders (and loose temp files of older Lucents) whose writer is gone: a folder whose lock
+/// can be taken (a lock held by any live process, this one included, cannot), or a loose file
+/// not touched for an hour.
+fn abandoned_temp_files(tmp_root: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(tmp_root) else { return Vec::new() };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+        let abandoned = if path.is_dir() && !hidden {
+            // Opening the lock file never creates it: a folder without one is abandoned.
+            std::fs::OpenOptions::new().write(true).open(path.join("lock")).map_or(true, |f| f.try_lock().is_ok())
+        } else {
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > std::time::Duration::from_secs(3600))
+        };
+        if abandoned {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Creates a folder (and its parents) readable by its owner only (0700 on Unix).
+pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(|e| Error::io(dir, e))
+}
+
+/// Creates (truncating) a file readable by its owner only (0600 on Unix).
+pub(crate) fn create_private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
 }
 
 /// Brings an index made by an older Lucent up to the current schema.
@@ -646,17 +1206,18 @@ fn safe_component(uid: &str) -> String {
     if cleaned.is_empty() || cleaned.chars().all(|c| c == '.') { "_".to_owned() } else { cleaned }
 }
 
-/// Writes through a temp file in `tmp_dir`, fsyncs, renames over `dest`, and fsyncs the directory.
+/// Writes through a temp file of this process under `tmp_dir`, fsyncs, renames over `dest`
+/// (replacing it: for settings files, never for instances), and fsyncs the directory.
 pub(crate) fn write_atomically(
     tmp_dir: &Path,
     dest: &Path,
     write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
 ) -> Result<()> {
     let parent = dest.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    let tmp = tmp_dir.join(temp_name());
+    create_private_dir(parent)?;
+    let tmp = writer_dir(tmp_dir)?.join(format!("{}.tmp", TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)));
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = create_private_file(&tmp)?;
         write(&mut f)?;
         f.sync_all()?;
         drop(f);

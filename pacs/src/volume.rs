@@ -445,6 +445,10 @@ fn plan_one(mut slices: Vec<SliceRef>) -> Result<StackPlan> {
         [normal[0] * slice_spacing, normal[1] * slice_spacing, normal[2] * slice_spacing]
     };
 
+    for slice in &slices {
+        slice.info.checked_rescale()?;
+        slice.info.check_geometry()?;
+    }
     let rescale = first.rescale();
     if slices.iter().any(|s| s.info.rescale() != rescale) {
         warnings.push(VolumeWarning::MixedRescale);

@@ -100,8 +100,13 @@ impl Writing<'_> {
                     .into_iter()
                     .map(|(stored, reason)| FailedInstance { sop_instance_uid: stored.info.sop_instance_uid, reason }),
             );
-            self.store.index(&placed)?;
-            self.stored += placed.len();
+            let indexed = self.store.index(&placed)?;
+            self.stored += indexed.added + indexed.duplicates;
+            // Kept aside (recorded in the store's conflicts), not filed: the retrieve lacks them.
+            self.failed.extend(indexed.conflicts.into_iter().map(|c| FailedInstance {
+                sop_instance_uid: c.sop_instance_uid,
+                reason: format!("kept aside as a conflict: {}", c.kind),
+            }));
         }
         Ok(())
     }

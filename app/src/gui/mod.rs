@@ -279,10 +279,18 @@ impl LucentApp {
             self.import = None;
             self.status = match result {
                 Ok(s) => format!(
-                    "Imported {} instance(s); {} already in the store; {} skipped{}",
+                    "Imported {} instance(s); {} already in the store; {} skipped{}{}",
                     s.imported,
                     s.duplicates,
                     s.skipped.len(),
+                    if s.conflicts.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; {} kept aside as conflicts (same instance with other content, or a study of another patient): see lucent verify",
+                            s.conflicts.len()
+                        )
+                    },
                     if s.cancelled { " (cancelled)" } else { "" }
                 ),
                 Err(e) => format!("Import failed: {e}"),

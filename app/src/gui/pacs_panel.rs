@@ -68,8 +68,11 @@ impl Method {
 pub struct PacsSettings {
     pub scp_ae_title: String,
     pub scp_port: u16,
-    /// Calling AE titles allowed to push (empty: anyone).
+    /// Calling AE titles allowed to push, besides the saved PACS nodes' own AE titles (which may
+    /// always deliver C-MOVEs and pushes). Nobody else.
     pub scp_allow: Vec<String>,
+    /// Listen on every network interface; otherwise on this machine (loopback) only.
+    pub scp_listen_on_network: bool,
     /// Start the receiver when Lucent starts.
     pub scp_autostart: bool,
     /// The node priors are fetched from when a study opens (none: no prefetch).
@@ -83,6 +86,7 @@ impl Default for PacsSettings {
             scp_ae_title: "LUCENT".into(),
             scp_port: 11112,
             scp_allow: Vec::new(),
+            scp_listen_on_network: false,
             scp_autostart: false,
             prefetch_node: None,
             method: Method::Get,
@@ -347,7 +351,16 @@ impl PacsPanel {
             return;
         }
         let mut config = ScpConfig::new(&self.settings.scp_ae_title, self.settings.scp_port);
+        // The saved PACS nodes may deliver (C-MOVE answers, pushes), and whoever the user listed.
         config.allowed_calling_aes = self.settings.scp_allow.clone();
+        for node in &self.book.nodes {
+            if !config.allowed_calling_aes.iter().any(|a| a.trim() == node.ae_title.trim()) {
+                config.allowed_calling_aes.push(node.ae_title.trim().to_owned());
+            }
+        }
+        if self.settings.scp_listen_on_network {
+            config.bind_address = std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+        }
         match pacs::net::start_scp(&config, &self.store_dir) {
             Ok((handle, events)) => {
                 self.log_scp(format!(
@@ -1198,8 +1211,14 @@ fn receiver_ui(ui: &mut egui::Ui, p: &mut PacsPanel, lang: Lang) {
             let label = ui.label(lang.tr("Port"));
             ui.add(egui::DragValue::new(&mut p.settings.scp_port).range(1..=65535)).labelled_by(label.id);
             let label = ui.label(lang.tr("Allowed senders"));
-            ui.add(egui::TextEdit::singleline(&mut p.scp_allow_text).hint_text(lang.tr("anyone")).desired_width(140.0))
-                .labelled_by(label.id);
+            ui.add(
+                egui::TextEdit::singleline(&mut p.scp_allow_text)
+                    .hint_text(lang.tr("saved PACS nodes only"))
+                    .desired_width(140.0),
+            )
+            .labelled_by(label.id);
+            ui.checkbox(&mut p.settings.scp_listen_on_network, lang.tr("Listen on the network"))
+                .on_hover_text(lang.tr("Otherwise only programs on this computer can send"));
         });
         if running {
             if ui.button(lang.tr("Stop")).clicked() {

@@ -68,6 +68,8 @@ pub(crate) const STATUS_SUCCESS: u16 = 0x0000;
 pub(crate) const STATUS_SOP_CLASS_NOT_SUPPORTED: u16 = 0x0122;
 pub(crate) const STATUS_UNRECOGNIZED_OPERATION: u16 = 0x0211;
 pub(crate) const STATUS_OUT_OF_RESOURCES: u16 = 0xA700;
+/// Failure: processing failure (PS3.7 C.4.2.1.4; used for instances kept aside as conflicts).
+pub(crate) const STATUS_PROCESSING_FAILURE: u16 = 0x0110;
 pub(crate) const STATUS_CANNOT_UNDERSTAND: u16 = 0xC000;
 
 /// What a status means, broadly.
@@ -231,6 +233,7 @@ pub(crate) fn decode_data_set(bytes: &[u8], transfer_syntax: &str) -> Result<InM
         uid: transfer_syntax.to_owned(),
         name: crate::attrs::transfer_syntax_name(transfer_syntax),
     })?;
+    crate::limits::prescan_data_set(bytes, transfer_syntax)?;
     InMemDicomObject::read_dataset_with_ts(bytes, ts).map_err(|e| Error::NotDicom { reason: e.to_string() })
 }
 
@@ -347,6 +350,46 @@ pub(crate) struct Link<'a> {
     /// Answer A-RELEASE-RQ only through [`Link::answer_release`].
     defer_release: bool,
     release_pending: bool,
+    /// Largest data set accepted from the peer (a receiver's cap; `None`: no cap).
+    max_data_set_bytes: Option<usize>,
+    /// Memory shared with other associations for data sets being received, and what this link
+    /// holds of it.
+    budget: Option<std::sync::Arc<ByteBudget>>,
+    budget_held: usize,
+}
+
+/// Bytes that the associations of one receiver may hold at once for data sets in flight.
+#[derive(Debug)]
+pub(crate) struct ByteBudget {
+    used: std::sync::atomic::AtomicUsize,
+    limit: usize,
+}
+
+impl ByteBudget {
+    pub(crate) fn new(limit: usize) -> Self {
+        Self { used: std::sync::atomic::AtomicUsize::new(0), limit }
+    }
+
+    fn try_acquire(&self, n: usize) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.used.fetch_update(SeqCst, SeqCst, |used| used.checked_add(n).filter(|&total| total <= self.limit)).is_ok()
+    }
+
+    fn release(&self, n: usize) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let _ = self.used.fetch_update(SeqCst, SeqCst, |used| Some(used.saturating_sub(n)));
+    }
+
+    /// Bytes held now.
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Link<'_> {
+    fn drop(&mut self) {
+        self.release_budget();
+    }
 }
 
 /// An A-RELEASE-RP PDU.
@@ -385,6 +428,9 @@ impl<'a> Link<'a> {
             last_progress: Instant::now(),
             defer_release: false,
             release_pending: false,
+            max_data_set_bytes: None,
+            budget: None,
+            budget_held: 0,
         })
     }
 
@@ -645,10 +691,49 @@ impl<'a> Link<'a> {
     }
 
     /// Appends the data set that follows a command on `context` to `out`.
+    /// Caps what the peer may send: each data set at `max_bytes`, and all associations that share
+    /// `budget` together at its limit (a receiver's memory). Checked as the bytes arrive, before
+    /// they are buffered.
+    pub(crate) fn limit_data_sets(&mut self, max_bytes: usize, budget: std::sync::Arc<ByteBudget>) {
+        self.max_data_set_bytes = Some(max_bytes);
+        self.budget = Some(budget);
+    }
+
+    /// Gives back the budget held for data sets received so far (once they are written or handed
+    /// on).
+    pub(crate) fn release_budget(&mut self) {
+        if let Some(budget) = &self.budget {
+            budget.release(self.budget_held);
+        }
+        self.budget_held = 0;
+    }
+
     pub(crate) fn receive_data_set(&mut self, context: u8, out: &mut Vec<u8>) -> Result<()> {
+        let start_len = out.len();
         loop {
             match self.next_pdv()? {
                 Pdv::Value { context: id, command: false, last, len } if id == context => {
+                    if let Some(max) = self.max_data_set_bytes
+                        && out.len() - start_len + len > max
+                    {
+                        return Err(Error::LimitExceeded {
+                            what: "received data set",
+                            size: (out.len() - start_len + len) as u64,
+                            limit: max as u64,
+                            setting: "the SCP's max_data_set_bytes",
+                        });
+                    }
+                    if let Some(budget) = &self.budget {
+                        if !budget.try_acquire(len) {
+                            return Err(Error::LimitExceeded {
+                                what: "memory for data sets being received",
+                                size: (budget.used() + len) as u64,
+                                limit: budget.limit as u64,
+                                setting: "the SCP's max_in_flight_bytes",
+                            });
+                        }
+                        self.budget_held += len;
+                    }
                     self.read_append(len, out, "receiving a data set")?;
                     self.pdu_remaining -= len;
                     if last {

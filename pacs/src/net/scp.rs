@@ -38,14 +38,15 @@ use serde::{Deserialize, Serialize};
 
 use super::dimse::{
     self, C_ECHO_RQ, C_ECHO_RSP, C_STORE_RQ, Context, Incoming, LOCAL_MAX_PDU, Link, STATUS_CANNOT_UNDERSTAND,
-    STATUS_OUT_OF_RESOURCES, STATUS_SOP_CLASS_NOT_SUPPORTED, STATUS_SUCCESS, STATUS_UNRECOGNIZED_OPERATION,
+    STATUS_OUT_OF_RESOURCES, STATUS_PROCESSING_FAILURE, STATUS_SOP_CLASS_NOT_SUPPORTED, STATUS_SUCCESS,
+    STATUS_UNRECOGNIZED_OPERATION,
 };
 use super::echo::VERIFICATION_SOP_CLASS;
 use super::node::{seconds, validate_ae_title};
 use super::syntax::{STORAGE_SOP_CLASSES, is_storage_sop_class};
 use super::tls::{self, Transport};
 use crate::error::{Error, Result};
-use crate::store::Store;
+use crate::store::{ConflictKind, Store, validate_identity};
 
 /// How the Store SCP listens.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,9 +55,10 @@ pub struct ScpConfig {
     pub ae_title: String,
     /// TCP port (0: any free port; see [`ScpHandle::local_addr`]).
     pub port: u16,
-    /// Address to listen on (0.0.0.0: every interface).
+    /// Address to listen on: loopback by default; another address (0.0.0.0 for every interface)
+    /// is an explicit choice.
     pub bind_address: IpAddr,
-    /// Calling AE titles allowed to associate (empty: anyone).
+    /// Calling AE titles allowed to associate. Empty: nobody (every association is refused).
     pub allowed_calling_aes: Vec<String>,
     /// Reject associations whose called AE title is not ours.
     pub check_called_ae: bool,
@@ -64,6 +66,21 @@ pub struct ScpConfig {
     pub timeout_s: f64,
     /// Associations served at once; more are closed at once.
     pub max_associations: usize,
+    /// Connections from one IP address at once (so that one peer cannot take every slot).
+    #[serde(default = "default_max_per_peer")]
+    pub max_associations_per_peer: usize,
+    /// Time a new connection has to send its whole first message, seconds.
+    #[serde(default = "default_handshake_timeout_s")]
+    pub handshake_timeout_s: f64,
+    /// Longest an association may last, seconds.
+    #[serde(default = "default_max_association_s")]
+    pub max_association_s: f64,
+    /// Largest data set accepted in one C-STORE, bytes.
+    #[serde(default = "default_max_data_set_bytes")]
+    pub max_data_set_bytes: usize,
+    /// Memory all associations together may hold for data sets being received, bytes.
+    #[serde(default = "default_max_in_flight_bytes")]
+    pub max_in_flight_bytes: usize,
     /// Capacity of the event channel.
     pub event_capacity: usize,
     /// DICOM TLS: the SCP's certificate chain (PEM). With [`tls_key_file`](Self::tls_key_file)
@@ -99,17 +116,39 @@ pub enum ScpCommit {
     AtRelease,
 }
 
+fn default_max_per_peer() -> usize {
+    4
+}
+fn default_handshake_timeout_s() -> f64 {
+    10.0
+}
+fn default_max_association_s() -> f64 {
+    4.0 * 3600.0
+}
+fn default_max_data_set_bytes() -> usize {
+    1 << 30
+}
+fn default_max_in_flight_bytes() -> usize {
+    2 << 30
+}
+
 impl ScpConfig {
-    /// Listens on every interface at `port` as `ae_title`, anyone allowed.
+    /// Listens on loopback at `port` as `ae_title`; nobody is allowed until
+    /// [`allowed_calling_aes`](Self::allowed_calling_aes) names them.
     pub fn new(ae_title: &str, port: u16) -> Self {
         Self {
             ae_title: ae_title.to_owned(),
             port,
-            bind_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            bind_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
             allowed_calling_aes: Vec::new(),
             check_called_ae: true,
             timeout_s: 30.0,
             max_associations: 16,
+            max_associations_per_peer: default_max_per_peer(),
+            handshake_timeout_s: default_handshake_timeout_s(),
+            max_association_s: default_max_association_s(),
+            max_data_set_bytes: default_max_data_set_bytes(),
+            max_in_flight_bytes: default_max_in_flight_bytes(),
             event_capacity: 1024,
             tls_cert_file: None,
             tls_key_file: None,
@@ -170,6 +209,10 @@ pub enum ScpEvent {
 struct Shared {
     stop: AtomicBool,
     active: AtomicUsize,
+    /// Connections open per peer IP address.
+    per_peer: Mutex<HashMap<IpAddr, usize>>,
+    /// Memory for data sets being received, shared by all associations.
+    budget: Arc<dimse::ByteBudget>,
     next_id: AtomicU64,
     sockets: Mutex<HashMap<u64, TcpStream>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -246,6 +289,8 @@ pub fn start_scp(config: &ScpConfig, store_root: &Path) -> Result<(ScpHandle, Re
     let shared = Arc::new(Shared {
         stop: AtomicBool::new(false),
         active: AtomicUsize::new(0),
+        per_peer: Mutex::new(HashMap::new()),
+        budget: Arc::new(dimse::ByteBudget::new(config.max_in_flight_bytes.max(1))),
         next_id: AtomicU64::new(0),
         sockets: Mutex::new(HashMap::new()),
         threads: Mutex::new(Vec::new()),
@@ -294,6 +339,25 @@ fn listen(
             let _ = stream.shutdown(std::net::Shutdown::Both);
             continue;
         }
+        let peer_ip = stream.peer_addr().map(|a| canonical_ip(a.ip())).ok();
+        if let Some(ip) = peer_ip
+            && !take_peer_slot(shared, ip, config.max_associations_per_peer.max(1))
+        {
+            tracing::warn!("Store SCP: too many connections from one peer, closing a new one");
+            emit(
+                events,
+                shared,
+                ScpEvent::Rejected {
+                    calling_ae: String::new(),
+                    reason: format!(
+                        "{ip}: more than {} connections at once from one address",
+                        config.max_associations_per_peer.max(1)
+                    ),
+                },
+            );
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            continue;
+        }
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         if let Ok(clone) = stream.try_clone()
             && let Ok(mut sockets) = shared.sockets.lock()
@@ -308,6 +372,9 @@ fn listen(
             if let Ok(mut sockets) = thread_shared.sockets.lock() {
                 sockets.remove(&id);
             }
+            if let Some(ip) = peer_ip {
+                give_peer_slot(&thread_shared, ip);
+            }
             thread_shared.active.fetch_sub(1, Ordering::SeqCst);
         });
         match spawned {
@@ -319,12 +386,45 @@ fn listen(
             Err(e) => {
                 tracing::warn!("Store SCP: cannot start an association thread: {e}");
                 shared.active.fetch_sub(1, Ordering::SeqCst);
+                if let Some(ip) = peer_ip {
+                    give_peer_slot(shared, ip);
+                }
                 if let Ok(mut sockets) = shared.sockets.lock()
                     && let Some(s) = sockets.remove(&id)
                 {
                     let _ = s.shutdown(std::net::Shutdown::Both);
                 }
             }
+        }
+    }
+}
+
+/// An IPv4 peer seen through an IPv6 socket counts as the IPv4 address.
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Takes one of `ip`'s connection slots, unless it has `limit` already.
+fn take_peer_slot(shared: &Shared, ip: IpAddr, limit: usize) -> bool {
+    let Ok(mut peers) = shared.per_peer.lock() else { return false };
+    let open = peers.entry(ip).or_insert(0);
+    if *open >= limit {
+        return false;
+    }
+    *open += 1;
+    true
+}
+
+fn give_peer_slot(shared: &Shared, ip: IpAddr) {
+    if let Ok(mut peers) = shared.per_peer.lock()
+        && let Some(open) = peers.get_mut(&ip)
+    {
+        *open = open.saturating_sub(1);
+        if *open == 0 {
+            peers.remove(&ip);
         }
     }
 }
@@ -372,9 +472,14 @@ impl AccessControl for AllowList {
                 AssociationRJServiceUserReason::CalledAETitleNotRecognized,
             );
         }
-        if !self.allowed.is_empty() && !self.allowed.iter().any(|a| a.trim() == calling) {
+        // An empty allow-list allows nobody: a receiver open to any sender is never a default.
+        if !self.allowed.iter().any(|a| a.trim() == calling) {
             return refuse(
-                "calling AE title not on the allow-list",
+                if self.allowed.is_empty() {
+                    "no calling AE title is allowed (the allow-list is empty)"
+                } else {
+                    "calling AE title not on the allow-list"
+                },
                 AssociationRJServiceUserReason::CallingAETitleNotRecognized,
             );
         }
@@ -406,6 +511,7 @@ fn serve(
 ) {
     let address = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "unknown address".to_owned());
     let timeout = seconds(config.timeout_s);
+    let handshake_timeout = seconds(config.handshake_timeout_s).min(timeout);
     let refused = Rc::new(RefCell::new(None));
     let mut options = ServerAssociationOptions::new()
         .ae_access_control(AllowList {
@@ -437,7 +543,9 @@ fn serve(
     // Negotiate (over TLS when configured), then take the connection out of `dicom-ul`.
     let handed = match tls {
         None => {
-            if let Err(reason) = wait_for_first_message(&stream, timeout, &shared.stop, association_request_ready) {
+            if let Err(reason) =
+                wait_for_first_message(&stream, handshake_timeout, &shared.stop, association_request_ready)
+            {
                 reject(format!("{address}: {reason}"));
                 return;
             }
@@ -448,7 +556,7 @@ fn serve(
             })
         }
         Some(tls_config) => {
-            if let Err(reason) = wait_for_first_message(&stream, timeout, &shared.stop, client_hello_ready) {
+            if let Err(reason) = wait_for_first_message(&stream, handshake_timeout, &shared.stop, client_hello_ready) {
                 reject(format!("{address}: {reason}"));
                 return;
             }
@@ -474,10 +582,13 @@ fn serve(
     let peer = format!("{calling_ae}@{address}");
     let link = Link::new(transport, prefix, contexts, peer_max_pdu, peer, timeout, None);
     let mut tally = (0usize, 0usize);
+    let deadline = Instant::now() + seconds(config.max_association_s);
+    let served = Served { calling_ae: &calling_ae, root, events, shared, deadline };
     let result = link.and_then(|mut link| {
+        link.limit_data_sets(config.max_data_set_bytes.max(1), Arc::clone(&shared.budget));
         let result = match config.commit {
-            ScpCommit::PerInstance => serve_link(&mut link, &calling_ae, root, events, shared, &mut tally),
-            ScpCommit::AtRelease => serve_link_batched(&mut link, &calling_ae, root, events, shared, &mut tally),
+            ScpCommit::PerInstance => serve_link(&mut link, &served, &mut tally),
+            ScpCommit::AtRelease => serve_link_batched(&mut link, &served, &mut tally),
         };
         if result.is_err() {
             link.abort();
@@ -629,17 +740,34 @@ fn answer_other(
     Ok(())
 }
 
-fn serve_link(
-    link: &mut Link<'_>,
-    calling_ae: &str,
-    root: &Path,
-    events: &Sender<ScpEvent>,
-    shared: &Shared,
-    tally: &mut (usize, usize),
-) -> Result<()> {
+/// What an association's loop needs besides its link.
+struct Served<'a> {
+    calling_ae: &'a str,
+    root: &'a Path,
+    events: &'a Sender<ScpEvent>,
+    shared: &'a Shared,
+    /// When the association has lasted long enough (see [`ScpConfig::max_association_s`]).
+    deadline: Instant,
+}
+
+impl Served<'_> {
+    fn check_deadline(&self) -> Result<()> {
+        if Instant::now() > self.deadline {
+            return Err(Error::Network {
+                peer: self.calling_ae.to_owned(),
+                detail: "the association lasted longer than the SCP allows".to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn serve_link(link: &mut Link<'_>, served: &Served<'_>, tally: &mut (usize, usize)) -> Result<()> {
+    let Served { calling_ae, root, events, shared, .. } = *served;
     let mut store = Store::open(root)?;
     let mut size_hint = 0usize;
     loop {
+        served.check_deadline()?;
         let (context, command) = match link.receive_command()? {
             Incoming::Released => return Ok(()),
             Incoming::Command { context, command } => (context, command),
@@ -649,6 +777,7 @@ fn serve_link(
                 let received = link.receive_instance(context, &command, Vec::new(), size_hint)?;
                 size_hint = size_hint.max(received.data_set_len());
                 let (status, event) = store_received(&mut store, received, calling_ae);
+                link.release_budget();
                 link.send_store_response(context, &command, status)?;
                 record(events, shared, tally, event);
             }
@@ -663,20 +792,15 @@ const BATCHED_WRITERS: usize = 2;
 /// [`serve_link`] for [`ScpCommit::AtRelease`]: answers each valid instance at once, writes
 /// through the writer pool, and answers the A-RELEASE-RQ only once everything is synced and
 /// indexed.
-fn serve_link_batched(
-    link: &mut Link<'_>,
-    calling_ae: &str,
-    root: &Path,
-    events: &Sender<ScpEvent>,
-    shared: &Shared,
-    tally: &mut (usize, usize),
-) -> Result<()> {
+fn serve_link_batched(link: &mut Link<'_>, served: &Served<'_>, tally: &mut (usize, usize)) -> Result<()> {
+    let Served { calling_ae, root, events, shared, .. } = *served;
     let mut store = Store::open(root)?;
     link.defer_release();
     let mut size_hint = 0usize;
     let mut answered: Vec<ScpEvent> = Vec::new();
     let pool = crate::writers::with_writer_pool(&mut store, BATCHED_WRITERS, |writing| {
         loop {
+            served.check_deadline()?;
             let (context, command) = match link.receive_command()? {
                 Incoming::Released => return Ok(()),
                 Incoming::Command { context, command } => (context, command),
@@ -687,6 +811,11 @@ fn serve_link_batched(
                     size_hint = size_hint.max(received.data_set_len());
                     let (status, event) = match check_received(writing.store, &received, calling_ae) {
                         Verdict::AlreadyThere(event) => (STATUS_SUCCESS, Some(event)),
+                        // Answered before it is indexed: a conflict seen now is kept aside now.
+                        Verdict::New { info, conflict: Some(kind), .. } => {
+                            let (status, event) = keep_aside(writing.store, &info, &received.bytes, kind, calling_ae);
+                            (status, Some(event))
+                        }
                         Verdict::New { stored, .. } => {
                             let sop_instance = received.sop_instance.clone();
                             writing.submit(crate::writers::WriteJob { sop_instance, bytes: received.bytes })?;
@@ -695,6 +824,8 @@ fn serve_link_batched(
                         }
                         Verdict::Refused(status, event) => (status, Some(event)),
                     };
+                    // Handed to the writers (whose own budget bounds what waits there).
+                    link.release_budget();
                     link.send_store_response(context, &command, status)?;
                     writing.poll()?;
                     if let Some(event) = event {
@@ -735,13 +866,37 @@ fn record(events: &Sender<ScpEvent>, shared: &Shared, tally: &mut (usize, usize)
 fn store_received(store: &mut Store, received: dimse::Received, calling_ae: &str) -> (u16, ScpEvent) {
     let (info, stored) = match check_received(store, &received, calling_ae) {
         Verdict::AlreadyThere(event) => return (STATUS_SUCCESS, event),
-        Verdict::New { info, stored } => (info, stored),
+        // A conflict seen ahead is found again, race-free, when indexing.
+        Verdict::New { info, stored, .. } => (info, stored),
         Verdict::Refused(status, event) => return (status, event),
     };
     match store.write_file(&info, &received.bytes).and_then(|s| store.index(&[s])) {
-        Ok(_) => (STATUS_SUCCESS, stored),
+        Ok(indexed) => match indexed.conflicts.first() {
+            None => (STATUS_SUCCESS, stored),
+            Some(c) => conflict_answer(calling_ae, c.kind, &info.sop_instance_uid),
+        },
         Err(e) => failed_answer(calling_ae, STATUS_OUT_OF_RESOURCES, e.to_string(), &info.sop_instance_uid),
     }
+}
+
+/// Keeps a received instance aside as a conflict (recorded in the store) and answers a failure.
+fn keep_aside(
+    store: &mut Store,
+    info: &crate::attrs::InstanceInfo,
+    bytes: &[u8],
+    kind: ConflictKind,
+    calling_ae: &str,
+) -> (u16, ScpEvent) {
+    match store.keep_aside(info, bytes, kind).and_then(|s| store.index(&[s])) {
+        Ok(_) => conflict_answer(calling_ae, kind, &info.sop_instance_uid),
+        Err(e) => failed_answer(calling_ae, STATUS_OUT_OF_RESOURCES, e.to_string(), &info.sop_instance_uid),
+    }
+}
+
+/// The answer to an instance kept aside: a processing failure, so the sender does not take it
+/// as filed (nothing is lost: the store keeps it for review).
+fn conflict_answer(calling_ae: &str, kind: ConflictKind, uid: &str) -> (u16, ScpEvent) {
+    failed_answer(calling_ae, STATUS_PROCESSING_FAILURE, format!("not filed, kept aside for review: {kind}"), uid)
 }
 
 /// A C-STORE failure: the status to answer and the event to report.
@@ -753,8 +908,9 @@ fn failed_answer(calling_ae: &str, status: u16, reason: String, uid: &str) -> (u
 enum Verdict {
     /// In the store already: nothing to write.
     AlreadyThere(ScpEvent),
-    /// To be written; `stored` is the event to report once it is.
-    New { info: Box<crate::attrs::InstanceInfo>, stored: ScpEvent },
+    /// To be written; `stored` is the event to report once it is; `conflict` when filing it
+    /// would conflict with the index as it is now.
+    New { info: Box<crate::attrs::InstanceInfo>, stored: ScpEvent, conflict: Option<ConflictKind> },
     /// Refused with this status.
     Refused(u16, ScpEvent),
 }
@@ -783,6 +939,26 @@ fn check_received(store: &Store, received: &dimse::Received, calling_ae: &str) -
         Ok(info) => info,
         Err(e) => return failed(STATUS_CANNOT_UNDERSTAND, e.to_string(), &received.sop_instance),
     };
+    // The patient and study an instance is filed under come from its own header, never a guess.
+    if let Err(e) = validate_identity(&info) {
+        return failed(
+            STATUS_CANNOT_UNDERSTAND,
+            format!("{e}: the study it belongs to cannot be known"),
+            &received.sop_instance,
+        );
+    }
+    // Pixel Data shorter than the header's rows x columns x frames says: never stored as a
+    // success (a truncated image would be read as a whole one).
+    if let Err(e) = check_pixel_data_length(&received.bytes[received.header_len..], &info) {
+        return failed(STATUS_CANNOT_UNDERSTAND, e.to_string(), &received.sop_instance);
+    }
+    if info.sop_instance_uid != received.sop_instance.trim_matches(|c: char| c == '\0' || c == ' ') {
+        return failed(
+            STATUS_CANNOT_UNDERSTAND,
+            "the data set's SOP Instance UID differs from the C-STORE request's".into(),
+            &received.sop_instance,
+        );
+    }
     let bytes = received.data_set_len() as u64;
     let stored = |new| ScpEvent::Stored {
         calling_ae: calling_ae.to_owned(),
@@ -793,11 +969,42 @@ fn check_received(store: &Store, received: &dimse::Received, calling_ae: &str) -
         bytes,
         new,
     };
-    match store.contains(&info.sop_instance_uid) {
-        Ok(true) => Verdict::AlreadyThere(stored(false)),
-        Ok(false) => Verdict::New { stored: stored(true), info: Box::new(info) },
-        Err(e) => failed(STATUS_OUT_OF_RESOURCES, e.to_string(), &info.sop_instance_uid),
+    // Already stored: success only when the bytes are the same; other content is a conflict.
+    match store.holds_identical(&info.sop_instance_uid, &received.bytes) {
+        Ok(true) => return Verdict::AlreadyThere(stored(false)),
+        Ok(false) => {}
+        Err(e) => return failed(STATUS_OUT_OF_RESOURCES, e.to_string(), &info.sop_instance_uid),
     }
+    // In the order placement and indexing find them: stored elsewhere, then other content at the
+    // same place, then a study or series filed under another patient or study.
+    let conflict = match (store.precheck(&info), store.contains(&info.sop_instance_uid)) {
+        (Ok(Some(ConflictKind::InstanceElsewhere)), _) => Some(ConflictKind::InstanceElsewhere),
+        (Ok(_), Ok(true)) => Some(ConflictKind::DifferentContent),
+        (Ok(conflict), Ok(false)) => conflict,
+        (Err(e), _) | (_, Err(e)) => return failed(STATUS_OUT_OF_RESOURCES, e.to_string(), &info.sop_instance_uid),
+    };
+    Verdict::New { stored: stored(true), info: Box::new(info), conflict }
+}
+
+/// Checks a received data set: every element fits in the bytes received, and native Pixel Data
+/// holds at least the bytes the image header describes.
+fn check_pixel_data_length(data_set: &[u8], info: &crate::attrs::InstanceInfo) -> Result<()> {
+    let Some(pixel_bytes) = crate::limits::pixel_data_value_length(data_set, &info.transfer_syntax_uid)? else {
+        return Ok(());
+    };
+    let bits = u64::from(info.bits_allocated);
+    if info.rows == 0 || info.columns == 0 || bits == 0 {
+        return Ok(());
+    }
+    let samples = u64::from(info.rows)
+        * u64::from(info.columns)
+        * u64::from(info.samples_per_pixel.max(1))
+        * u64::from(info.number_of_frames.max(1));
+    let expected = (samples * bits).div_ceil(8);
+    if pixel_bytes < expected {
+        return Err(Error::PixelDataLength { expected: expected as usize, actual: pixel_bytes as usize });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
