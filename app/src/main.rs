@@ -4,6 +4,13 @@ use clap::Parser;
 use lucent_app::cli::{self, Cli};
 
 fn main() -> std::process::ExitCode {
+    // Patient data at rest: every file and folder Lucent creates (the store, reports.sqlite,
+    // exports, settings, the PACS node book) is readable by its owner only (0600 / 0700).
+    #[cfg(unix)]
+    // SAFETY: umask only sets the process's file mode creation mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
     // JPEG 2000 decodes on all cores unless the user says otherwise. Set before any thread starts.
     if std::env::var_os("OPJ_NUM_THREADS").is_none() {
         // SAFETY: the process is still single-threaded here.

@@ -52,6 +52,13 @@ fn info_import_ls_and_verify() {
         serde_json::from_str(&run_ok(lucent(store.path()).args(["ls", "--json", "--modality", "MR"]))).unwrap();
     assert_eq!(filtered.as_array().unwrap().len(), 0);
     assert!(run_ok(lucent(store.path()).arg("verify")).contains("consistent"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&store.path().join("index.sqlite")), 0o600, "the index is private");
+        assert_eq!(mode(&store.path().join("files")), 0o700);
+    }
 }
 
 #[test]
@@ -421,4 +428,69 @@ fn the_demo_radiographs_show_their_findings_and_the_normal_one_shows_none() {
         checked += 1;
     }
     assert_eq!(checked, 5, "four current radiographs and one prior");
+}
+
+/// Waits for `child` at most `limit`; kills it and fails if it is still running.
+fn wait_at_most(child: &mut std::process::Child, limit: Duration, what: &str) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("{what} still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn info_and_read_walk_a_folder_with_a_symlink_loop() {
+    let src = tempfile::tempdir().unwrap();
+    synth::write_radiograph(&src.path().join("a.dcm"), &synth::RadiographSpec::chest("loop", 32)).unwrap();
+    std::os::unix::fs::symlink(src.path(), src.path().join("loop")).unwrap();
+    std::os::unix::fs::symlink(src.path().join("loop2"), src.path().join("loop2")).unwrap();
+    assert_eq!(lucent_app::info::list_files(src.path()).len(), 2, "the file once, and the dangling self-link");
+    let store = tempfile::tempdir().unwrap();
+    let mut child = lucent(store.path()).arg("info").arg(src.path()).stdout(Stdio::null()).spawn().unwrap();
+    let status = wait_at_most(&mut child, Duration::from_secs(60), "lucent info on a symlink loop");
+    assert!(status.success());
+}
+
+#[cfg(unix)]
+#[test]
+fn ls_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let store = tempfile::tempdir().unwrap();
+    Store::open(store.path()).unwrap();
+    // `lucent ls | head -0`: the reader is gone before the first line.
+    let mut child = lucent(store.path()).arg("ls").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    drop(child.stdout.take());
+    let status = wait_at_most(&mut child, Duration::from_secs(60), "lucent ls");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!((status.code(), status.signal()), (Some(141), None), "{stderr}");
+}
+
+#[test]
+fn verify_names_conflicts_kept_aside() {
+    let src = tempfile::tempdir().unwrap();
+    let study = synth::uid("study:cli-conflict");
+    for (dir, id) in [("first", "P-1"), ("second", "P-2")] {
+        let mut spec = synth::RadiographSpec::chest("cli-conflict", 32);
+        spec.patient =
+            synth::PatientSpec { study_uid: study.clone(), ..synth::PatientSpec::new("ALPHA^ONE", id, "cli-conflict") };
+        synth::write_radiograph(&src.path().join(dir).join("a.dcm"), &spec).unwrap();
+    }
+    let store = tempfile::tempdir().unwrap();
+    run_ok(lucent(store.path()).arg("import").arg(src.path().join("first")));
+    let text = run_ok(lucent(store.path()).arg("import").arg(src.path().join("second")));
+    assert!(text.contains("1 kept aside as conflicts") && text.contains("kept aside"), "{text}");
+    let out = lucent(store.path()).arg("verify").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "a store with conflicts waiting needs review");
+    assert!(text.contains("1 instance(s) kept aside as conflicts") && text.contains("different content"), "{text}");
 }

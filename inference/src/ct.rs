@@ -955,6 +955,19 @@ mod tests {
     const IDENTITY: [[f64; 4]; 4] =
         [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]];
 
+    #[test]
+    fn volumes_whose_header_spacing_would_size_the_resampling_are_refused() {
+        let data = vec![-1000.0_f32; 8 * 8 * 4];
+        // PixelSpacing of 1e6 mm would ask a 1 mm grid for 8e6 x 8e6 x 4e6 voxels.
+        for spacing in [[1e6, 1e6, 1e6], [1e-6, 0.7, 2.5], [0.7, 0.7, f64::NAN]] {
+            assert!(HuVolume::new(HuSamples::F32(&data), [8, 8, 4], spacing, IDENTITY).is_err(), "{spacing:?}");
+        }
+        let mut inf = data.clone();
+        inf[3] = f32::INFINITY;
+        assert!(HuVolume::new(HuSamples::F32(&inf), [8, 8, 4], [0.7, 0.7, 2.5], IDENTITY).is_err());
+        assert!(HuVolume::new(HuSamples::F32(&data), [8, 8, 4], [0.7, 0.7, 2.5], IDENTITY).is_ok());
+    }
+
     /// Lung (-850 HU) with a sphere of `hu` of `radius_mm` at `center_mm`, and optionally a solid core.
     pub(crate) fn phantom(
         dims: [usize; 3],

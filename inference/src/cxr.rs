@@ -504,6 +504,27 @@ mod tests {
         ModelManifest::from_toml_str(include_str!("../../models/test/cxr_toy.toml"), Path::new("cxr_toy.toml")).unwrap()
     }
 
+    #[test]
+    fn an_image_with_non_finite_values_is_refused_not_resampled() {
+        // A DX with RescaleSlope 1e308: the modality values overflow to infinity.
+        let mut values = vec![100.0_f32; 64 * 64];
+        values[10] = f32::INFINITY;
+        values[20] = f32::NAN;
+        let bad = GreyImage {
+            width: 64,
+            height: 64,
+            samples: GreySamples::F32(values),
+            bits_stored: 16,
+            monochrome1: false,
+            voi: None,
+            pixel_spacing: None,
+        };
+        let err = preprocess(&manifest(), &bad).unwrap_err();
+        assert!(err.to_string().contains("not finite"), "{err}");
+        let window = GreyImage { voi: Some(Window { center: f64::NAN, width: 400.0 }), ..image(64, 64, |_, _| 7, 12) };
+        assert!(preprocess(&manifest(), &window).is_err());
+    }
+
     fn image(width: usize, height: usize, f: impl Fn(usize, usize) -> u16, bits: u8) -> GreyImage {
         let mut v = Vec::with_capacity(width * height);
         for y in 0..height {

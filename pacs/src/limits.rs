@@ -281,12 +281,6 @@ const UNDEFINED: u32 = u32::MAX;
 /// The iterative walk over element headers (no recursion: depth costs heap, not stack). Gives the
 /// value length of the top-level native Pixel Data when it passed one.
 fn scan(source: &mut dyn Source, encoding: Encoding, stop_at_pixel_data: bool, limits: &Limits) -> Result<Option<u64>> {
-    let too_long = |tag: (u16, u16), len: u64, left: u64| {
-        Error::invalid(
-            "element length",
-            format!("({:04X},{:04X}) claims {len} bytes where only {left} remain", tag.0, tag.1),
-        )
-    };
     let io = |e: std::io::Error| Error::NotDicom { reason: e.to_string() };
     let mut stack = vec![Level::Elements { end: None, explicit_vr: encoding.explicit_vr }];
     let mut depth = 0usize;
@@ -326,15 +320,7 @@ fn scan(source: &mut dyn Source, encoding: Encoding, stop_at_pixel_data: bool, l
                 let len = read_u32(source, big)?;
                 match tag {
                     ITEM => {
-                        let item_end = if len == UNDEFINED {
-                            None
-                        } else {
-                            let left = source.len() - source.position();
-                            if u64::from(len) > left {
-                                return Err(too_long(tag, u64::from(len), left));
-                            }
-                            Some(source.position() + u64::from(len))
-                        };
+                        let item_end = defined_end(source, tag, len)?;
                         stack.push(Level::Elements { end: item_end, explicit_vr });
                     }
                     SEQUENCE_END => {
@@ -392,15 +378,7 @@ fn scan(source: &mut dyn Source, encoding: Encoding, stop_at_pixel_data: bool, l
                             setting: "LUCENT_MAX_SEQUENCE_DEPTH",
                         });
                     }
-                    let seq_end = if len == UNDEFINED {
-                        None
-                    } else {
-                        let left = source.len() - source.position();
-                        if u64::from(len) > left {
-                            return Err(too_long(tag, u64::from(len), left));
-                        }
-                        Some(source.position() + u64::from(len))
-                    };
+                    let seq_end = defined_end(source, tag, len)?;
                     // An undefined-length UN holds implicit VR little endian items.
                     let inner_explicit = explicit_vr && vr != VR::UN;
                     stack.push(Level::Sequence { end: seq_end, explicit_vr: inner_explicit });
@@ -424,6 +402,26 @@ fn scan(source: &mut dyn Source, encoding: Encoding, stop_at_pixel_data: bool, l
             }
         }
     }
+}
+
+fn too_long(tag: (u16, u16), len: u64, left: u64) -> Error {
+    Error::invalid(
+        "element length",
+        format!("({:04X},{:04X}) claims {len} bytes where only {left} remain", tag.0, tag.1),
+    )
+}
+
+/// Where a sequence or item of `len` bytes starting here ends (`None`: undefined length); an
+/// error when it claims more bytes than remain.
+fn defined_end(source: &dyn Source, tag: (u16, u16), len: u32) -> Result<Option<u64>> {
+    if len == UNDEFINED {
+        return Ok(None);
+    }
+    let left = source.len() - source.position();
+    if u64::from(len) > left {
+        return Err(too_long(tag, u64::from(len), left));
+    }
+    Ok(Some(source.position() + u64::from(len)))
 }
 
 fn read_u32(source: &mut dyn Source, big_endian: bool) -> Result<u32> {

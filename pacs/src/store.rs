@@ -571,30 +571,17 @@ impl Store {
             "SELECT sop_uid, study_uid, series_uid, kind, rel_path, size_bytes, detected_at FROM conflicts ORDER BY id",
         )?;
         let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, String>(4)?,
-                r.get::<_, i64>(5)?,
-                r.get::<_, i64>(6)?,
-            ))
+            Ok(Conflict {
+                sop_instance_uid: r.get(0)?,
+                study_instance_uid: r.get(1)?,
+                series_instance_uid: r.get(2)?,
+                kind: ConflictKind::from_key(&r.get::<_, String>(3)?).unwrap_or(ConflictKind::DifferentContent),
+                path: self.root.join(r.get::<_, String>(4)?),
+                size_bytes: r.get::<_, i64>(5)?.max(0) as u64,
+                detected_at: r.get(6)?,
+            })
         })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (sop, study, series, kind, rel, size, at) = row?;
-            out.push(Conflict {
-                sop_instance_uid: sop,
-                study_instance_uid: study,
-                series_instance_uid: series,
-                kind: ConflictKind::from_key(&kind).unwrap_or(ConflictKind::DifferentContent),
-                path: self.root.join(rel),
-                size_bytes: size.max(0) as u64,
-                detected_at: at,
-            });
-        }
-        Ok(out)
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
     pub fn counts(&self) -> Result<StoreCounts> {
@@ -1206,8 +1193,8 @@ fn safe_component(uid: &str) -> String {
     if cleaned.is_empty() || cleaned.chars().all(|c| c == '.') { "_".to_owned() } else { cleaned }
 }
 
-/// Writes through a temp file of this process under `tmp_dir`, fsyncs, renames over `dest`
-/// (replacing it: for settings files, never for instances), and fsyncs the directory.
+/// Writes through a temp file in `tmp_dir`, fsyncs, renames over `dest` (replacing it: for
+/// settings files, never for instances), and fsyncs the directory.
 pub(crate) fn write_atomically(
     tmp_dir: &Path,
     dest: &Path,
@@ -1215,7 +1202,7 @@ pub(crate) fn write_atomically(
 ) -> Result<()> {
     let parent = dest.parent().unwrap_or(Path::new("."));
     create_private_dir(parent)?;
-    let tmp = writer_dir(tmp_dir)?.join(format!("{}.tmp", TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)));
+    let tmp = tmp_dir.join(format!(".{}-{}.tmp", std::process::id(), TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)));
     let result = (|| {
         let mut f = create_private_file(&tmp)?;
         write(&mut f)?;

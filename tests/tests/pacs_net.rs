@@ -714,7 +714,7 @@ fn dicom_tls_untrusted_certificates_and_tls_plain_mismatches_fail_clearly() {
 
     // Lucent's own TLS SCP, requiring client certificates from the hospital CA.
     let store_dir = work.path().join("store");
-    let config = tls_scp_config(0, &server, Some(&ca.cert_file), &[]);
+    let config = tls_scp_config(0, &server, Some(&ca.cert_file), &["LUCENT-SCU"]);
     let (scp, events) = net::start_scp(&config, &store_dir).unwrap();
     let port = scp.local_addr().port();
     let lucent = PacsNode::new("self", LUCENT_AET, "127.0.0.1", port, "LUCENT-SCU");

@@ -1202,7 +1202,7 @@ fn jobs_ui(ui: &mut egui::Ui, p: &mut PacsPanel, local_study: Option<&str>, lang
 }
 
 fn receiver_ui(ui: &mut egui::Ui, p: &mut PacsPanel, lang: Lang) {
-    ui.horizontal(|ui| {
+    ui.horizontal_wrapped(|ui| {
         ui.strong(lang.tr("Receiver (Store SCP)"));
         let running = p.scp.is_some();
         ui.add_enabled_ui(!running, |ui| {
