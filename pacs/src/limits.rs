@@ -203,9 +203,33 @@ pub(crate) fn prescan_file(path: &Path, stop_at_pixel_data: bool) -> Result<()> 
 
 /// Pre-scans a bare data set (no preamble, no file meta) in `encoding`.
 pub(crate) fn prescan_data_set(bytes: &[u8], transfer_syntax: &str) -> Result<()> {
-    let Some(encoding) = Encoding::of(transfer_syntax) else { return Ok(()) };
+    let limits = Limits::current();
+    let Some(encoding) = Encoding::of(transfer_syntax) else {
+        let inflated = inflate_capped(bytes, limits)?;
+        let mut source = SliceSource { bytes: &inflated, pos: 0 };
+        return scan(&mut source, Encoding::EXPLICIT_LE, false, limits).map(|_| ());
+    };
     let mut source = SliceSource { bytes, pos: 0 };
-    scan(&mut source, encoding, false, Limits::current()).map(|_| ())
+    scan(&mut source, encoding, false, limits).map(|_| ())
+}
+
+/// Inflates a deflated data set (raw deflate, PS3.5 A.5), refusing one that inflates past
+/// [`Limits::max_object_bytes`] without holding more than that.
+fn inflate_capped(compressed: &[u8], limits: &Limits) -> Result<Vec<u8>> {
+    let mut inflated = Vec::new();
+    flate2::read::DeflateDecoder::new(compressed)
+        .take(limits.max_object_bytes.saturating_add(1))
+        .read_to_end(&mut inflated)
+        .map_err(|e| Error::NotDicom { reason: format!("the deflated data set does not inflate: {e}") })?;
+    if inflated.len() as u64 > limits.max_object_bytes {
+        return Err(Error::LimitExceeded {
+            what: "inflated data set",
+            size: inflated.len() as u64,
+            limit: limits.max_object_bytes,
+            setting: "LUCENT_MAX_OBJECT_MB",
+        });
+    }
+    Ok(inflated)
 }
 
 /// Pre-scans a bare data set and gives the value length of its native (defined-length) Pixel
@@ -240,10 +264,16 @@ fn prescan_part10(source: &mut dyn Source, stop_at_pixel_data: bool, limits: &Li
         let mut tag = [0u8; 4];
         source.read_exact(&mut tag).map_err(|e| not_dicom(&e.to_string()))?;
         if u16::from_le_bytes([tag[0], tag[1]]) != 0x0002 {
-            // The data set starts here, in the transfer syntax's encoding. (Deflated data sets are
-            // bounded by size as they are inflated: see `file`.)
-            let Some(encoding) = Encoding::of(&transfer_syntax) else { return Ok(()) };
+            // The data set starts here, in the transfer syntax's encoding.
             source.seek_to(start).map_err(|e| not_dicom(&e.to_string()))?;
+            let Some(encoding) = Encoding::of(&transfer_syntax) else {
+                // Deflated: inflate at most the object limit, then scan what dicom-rs will parse.
+                let mut compressed = vec![0u8; usize::try_from(source.len() - start).unwrap_or(usize::MAX)];
+                source.read_exact(&mut compressed).map_err(|e| not_dicom(&e.to_string()))?;
+                let inflated = inflate_capped(&compressed, limits)?;
+                let mut inner = SliceSource { bytes: &inflated, pos: 0 };
+                return scan(&mut inner, Encoding::EXPLICIT_LE, stop_at_pixel_data, limits).map(|_| ());
+            };
             return scan(source, encoding, stop_at_pixel_data, limits).map(|_| ());
         }
         let (_, len) = explicit_header(source, false)?;

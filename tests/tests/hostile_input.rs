@@ -302,3 +302,64 @@ fn pixel_data_shorter_than_its_header_is_never_answered_success() {
     }
     assert_eq!(Store::open(&dir.path().join("store")).unwrap().counts().unwrap().instances, 0);
 }
+
+/// `file` re-encoded as Deflated Explicit VR Little Endian, with `insert` at the start of its data
+/// set (the file meta rewritten for the new transfer syntax).
+fn deflated_with(file: &Path, insert: &[u8]) -> Vec<u8> {
+    const DEFLATED: &[u8] = b"1.2.840.10008.1.2.1.99";
+    let bytes = std::fs::read(file).unwrap();
+    let start = data_set_start(&bytes);
+    // Meta elements after the group length, with (0002,0010) replaced.
+    let mut meta = Vec::new();
+    let mut pos = 144;
+    while pos < start {
+        let tag = [bytes[pos], bytes[pos + 1], bytes[pos + 2], bytes[pos + 3]];
+        let vr = [bytes[pos + 4], bytes[pos + 5]];
+        let (header, len) = if matches!(&vr, b"OB" | b"UN" | b"UT" | b"SQ") {
+            (12, u32::from_le_bytes(bytes[pos + 8..pos + 12].try_into().unwrap()) as usize)
+        } else {
+            (8, usize::from(u16::from_le_bytes([bytes[pos + 6], bytes[pos + 7]])))
+        };
+        if tag == [0x02, 0x00, 0x10, 0x00] {
+            meta.extend_from_slice(&[0x02, 0x00, 0x10, 0x00, b'U', b'I']);
+            meta.extend_from_slice(&(DEFLATED.len() as u16).to_le_bytes());
+            meta.extend_from_slice(DEFLATED);
+        } else {
+            meta.extend_from_slice(&bytes[pos..pos + header + len]);
+        }
+        pos += header + len;
+    }
+    let mut encoder = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(insert).unwrap();
+    encoder.write_all(&bytes[start..]).unwrap();
+    let compressed = encoder.finish().unwrap();
+    let mut out = bytes[..132].to_vec();
+    out.extend_from_slice(&[0x02, 0x00, 0x00, 0x00, b'U', b'L', 4, 0]);
+    out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    out.extend_from_slice(&meta);
+    out.extend_from_slice(&compressed);
+    out
+}
+
+#[test]
+fn deep_nesting_inside_a_deflated_data_set_is_refused_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let good = radiograph(&src.join("good.dcm"), "deflated-good", 32);
+    // The same image deflated reads as before: the pre-scan inflates what dicom-rs will parse.
+    let plain = deflated_with(&good, &[]);
+    let info = pacs::file::read_info_bytes(&plain).unwrap();
+    assert_eq!(info.transfer_syntax_uid, "1.2.840.10008.1.2.1.99");
+    let deep = deflated_with(&good, &nested_sequences(10_000));
+    std::fs::write(src.join("deep-deflated.dcm"), &deep).unwrap();
+    for err in [
+        pacs::file::read_info_bytes(&deep).unwrap_err(),
+        pacs::file::read_info(&src.join("deep-deflated.dcm")).unwrap_err(),
+        pacs::file::open(&src.join("deep-deflated.dcm")).unwrap_err(),
+    ] {
+        assert!(matches!(err, pacs::Error::LimitExceeded { what: "sequence nesting depth", .. }), "{err}");
+    }
+    let mut store = Store::open(&dir.path().join("store")).unwrap();
+    let summary = import_folder(&mut store, &src);
+    assert_eq!((summary.imported, summary.skipped.len()), (1, 1), "{summary:?}");
+}
