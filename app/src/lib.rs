@@ -16,6 +16,7 @@
 //! * [`pacs_cli`]: `pacs echo|find|get|move|store|node` and `scp` (DIMSE through `pacs::net`).
 
 pub mod ai;
+pub mod anonymize;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -5,6 +5,11 @@
 //! [`crate::config::node_book_path`]) or given inline (`--host H --port P --aet CALLED
 //! [--our-aet CALLING]`), either with `--tls [--tls-ca FILE] [--tls-cert FILE --tls-key FILE]`
 //! for DICOM TLS.
+//!
+//! `lucent pacs node add NAME --url URL` saves a DICOMweb node instead. Its password or token is
+//! read from an environment variable or a file (`--password-env VAR`, `--token-file FILE`, ...),
+//! never from the command line (where other users' `ps` would see it), and kept in the secret
+//! store ([`pacs::secrets`]), not in the node book.
 
 use std::io::IsTerminal;
 use std::net::IpAddr;
@@ -13,10 +18,12 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use pacs::dicomweb::{WebAuth, WebNode};
 use pacs::net::{
     self, FindQuery, NodeBook, PacsNode, QueryModel, RetrieveOptions, RetrieveProgress, RetrieveReport,
     RetrieveRequest, ScpConfig, ScpEvent,
 };
+use pacs::secrets::Secret;
 use pacs::store::Store;
 
 use crate::config;
@@ -103,18 +110,21 @@ pub enum PacsCommand {
     },
 }
 
+// `Add` carries the DIMSE, TLS and DICOMweb arguments; the enum is parsed once per run.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, clap::Subcommand)]
 pub enum NodeCommand {
-    /// Add a node (or replace the one with the same name).
+    /// Add a node (or replace the one with the same name): a DIMSE node (--host --port --aet) or
+    /// a DICOMweb node (--url).
     Add {
         name: String,
-        #[arg(long)]
-        host: String,
-        #[arg(long)]
-        port: u16,
+        #[arg(long, required_unless_present = "url")]
+        host: Option<String>,
+        #[arg(long, required_unless_present = "url")]
+        port: Option<u16>,
         /// The node's AE title.
-        #[arg(long)]
-        aet: String,
+        #[arg(long, required_unless_present = "url")]
+        aet: Option<String>,
         /// Our AE title towards it.
         #[arg(long, default_value = DEFAULT_OUR_AET)]
         our_aet: String,
@@ -126,6 +136,8 @@ pub enum NodeCommand {
         timeout: f64,
         #[command(flatten)]
         tls: TlsArgs,
+        #[command(flatten)]
+        web: WebArgs,
     },
     /// List the saved nodes.
     List {
@@ -193,6 +205,83 @@ impl TlsArgs {
         node.tls |= self.tls || self.tls_ca.is_some() || self.tls_cert.is_some();
         Ok(())
     }
+}
+
+/// A DICOMweb node for `lucent pacs node add` (its CA file is --tls-ca). Secrets come from the
+/// environment or a file, never from an argument value.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct WebArgs {
+    /// Save a DICOMweb node with this service root (e.g. https://pacs.example.org/dicom-web)
+    /// instead of a DIMSE node.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["host", "port", "aet", "tls_cert"])]
+    pub url: Option<String>,
+    /// Basic authentication as this user; the password comes from --password-env or
+    /// --password-file.
+    #[arg(long, requires = "url")]
+    pub user: Option<String>,
+    /// Read the basic-auth password from this environment variable.
+    #[arg(long, value_name = "VAR", requires = "user", conflicts_with = "password_file")]
+    pub password_env: Option<String>,
+    /// Read the basic-auth password from this file (its first line).
+    #[arg(long, value_name = "FILE", requires = "user")]
+    pub password_file: Option<PathBuf>,
+    /// Bearer-token authentication, the token read from this environment variable.
+    #[arg(long, value_name = "VAR", requires = "url", conflicts_with_all = ["user", "token_file"])]
+    pub token_env: Option<String>,
+    /// Bearer-token authentication, the token read from this file (its first line).
+    #[arg(long, value_name = "FILE", requires = "url", conflicts_with = "user")]
+    pub token_file: Option<PathBuf>,
+    /// Send the password or token even over plain http:// to a host other than this machine
+    /// (anyone on the network path can read it). Without it such a node is refused.
+    #[arg(long, requires = "url")]
+    pub allow_plain_http_credentials: bool,
+}
+
+impl WebArgs {
+    /// The DICOMweb node these arguments describe, validated (the plain-HTTP rule included).
+    fn node(&self, name: &str, url: &str, timeout_s: f64, ca: Option<&Path>) -> Result<WebNode> {
+        let mut node = WebNode::new(name, url.trim());
+        node.timeout_s = timeout_s;
+        node.allow_plain_http_credentials = self.allow_plain_http_credentials;
+        if let Some(ca) = ca {
+            node.ca_file = Some(std::path::absolute(ca).with_context(|| format!("cannot resolve {}", ca.display()))?);
+        }
+        node.auth = match (&self.user, &self.token_env, &self.token_file) {
+            (Some(user), _, _) => {
+                let password = read_secret("password", self.password_env.as_deref(), self.password_file.as_deref())?
+                    .context("--user needs --password-env VAR or --password-file FILE")?;
+                WebAuth::Basic { user: user.clone(), password }
+            }
+            (None, env, file) => match read_secret("token", env.as_deref(), file.as_deref())? {
+                Some(token) => WebAuth::Bearer { token },
+                None => WebAuth::None,
+            },
+        };
+        node.validate()?;
+        Ok(node)
+    }
+}
+
+/// A password or token from an environment variable or a file's first line (never echoed).
+fn read_secret(what: &str, env: Option<&str>, file: Option<&Path>) -> Result<Option<Secret>> {
+    let value = if let Some(var) = env {
+        let value = std::env::var(var).map_err(|e| match e {
+            std::env::VarError::NotPresent => anyhow::anyhow!("the environment variable {var} (the {what}) is not set"),
+            std::env::VarError::NotUnicode(_) => {
+                anyhow::anyhow!("the environment variable {var} (the {what}) is not UTF-8")
+            }
+        })?;
+        Secret::new(value)
+    } else if let Some(path) = file {
+        let text = Secret::new(
+            std::fs::read_to_string(path).with_context(|| format!("reading the {what} file {}", path.display()))?,
+        );
+        Secret::new(text.expose().unwrap_or_default().lines().next().unwrap_or_default())
+    } else {
+        return Ok(None);
+    };
+    anyhow::ensure!(!value.expose().unwrap_or_default().is_empty(), "the {what} is empty");
+    Ok(Some(value))
 }
 
 /// Query keys shared by find, get and move.
@@ -600,7 +689,28 @@ fn run_node(command: &NodeCommand) -> Result<()> {
     let path = config::node_book_path();
     let mut book = NodeBook::load(&path)?;
     match command {
-        NodeCommand::Add { name, host, port, aet, our_aet, connect_timeout, timeout, tls } => {
+        NodeCommand::Add { name, host, port, aet, our_aet, connect_timeout, timeout, tls, web } => {
+            if let Some(url) = &web.url {
+                let node = web.node(name, url, *timeout, tls.tls_ca.as_deref())?;
+                let secret = node.auth.secret().is_some();
+                book.nodes.retain(|n| n.name != *name);
+                match book.web.iter_mut().find(|n| n.name == *name) {
+                    Some(slot) => *slot = node,
+                    None => book.web.push(node),
+                }
+                book.web.sort_by(|a, b| a.name.cmp(&b.name));
+                let store = pacs::secrets::SecretStore::beside(&path);
+                book.save_with(&path, &store)?;
+                println!(
+                    "Saved DICOMweb node {name:?} in {}{}",
+                    path.display(),
+                    if secret { format!(" (its secret in {})", store.kind()) } else { String::new() }
+                );
+                return Ok(());
+            }
+            let (Some(host), Some(port), Some(aet)) = (host, port, aet) else {
+                bail!("a DIMSE node needs --host, --port and --aet (or give --url for a DICOMweb node)");
+            };
             let mut node = PacsNode {
                 connect_timeout_s: *connect_timeout,
                 dimse_timeout_s: *timeout,
@@ -608,14 +718,19 @@ fn run_node(command: &NodeCommand) -> Result<()> {
             };
             tls.apply(&mut node)?;
             book.upsert(node)?;
+            book.web.retain(|n| n.name != *name);
             book.save(&path)?;
             println!("Saved node {name:?} in {}", path.display());
         }
         NodeCommand::List { json } => {
             if *json {
-                println!("{}", serde_json::to_string_pretty(&book.nodes)?);
+                // DIMSE nodes, then DICOMweb nodes (secrets as references only).
+                let mut all: Vec<serde_json::Value> =
+                    book.nodes.iter().map(serde_json::to_value).collect::<Result<_, _>>()?;
+                all.extend(book.web.iter().map(serde_json::to_value).collect::<Result<Vec<_>, _>>()?);
+                println!("{}", serde_json::to_string_pretty(&all)?);
             } else {
-                if book.nodes.is_empty() {
+                if book.nodes.is_empty() && book.web.is_empty() {
                     println!("No nodes in {} (add one with `lucent pacs node add`)", path.display());
                 }
                 for n in &book.nodes {
@@ -629,10 +744,21 @@ fn run_node(command: &NodeCommand) -> Result<()> {
                         if n.tls { "  (TLS)" } else { "" }
                     );
                 }
+                for n in &book.web {
+                    let auth = match &n.auth {
+                        WebAuth::None => String::new(),
+                        WebAuth::Basic { user, .. } => format!("  (basic auth as {user})"),
+                        WebAuth::Bearer { .. } => "  (bearer token)".to_owned(),
+                    };
+                    println!("{:<16} DICOMweb {}{auth}", n.name, n.base_url);
+                }
             }
         }
         NodeCommand::Remove { name } => {
-            anyhow::ensure!(book.remove(name), "no node {name:?} in {}", path.display());
+            let web_before = book.web.len();
+            book.web.retain(|n| n.name != *name);
+            let removed_web = book.web.len() != web_before;
+            anyhow::ensure!(book.remove(name) || removed_web, "no node {name:?} in {}", path.display());
             book.save(&path)?;
             println!("Removed node {name:?}");
         }
@@ -723,4 +849,66 @@ pub fn run_scp(args: &ScpArgs, store_dir: &Path) -> Result<()> {
     }
     scp.shutdown();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    struct TestCli {
+        #[command(flatten)]
+        pacs: PacsArgs,
+    }
+
+    /// The DICOMweb node `node add` would save (the book is not touched).
+    fn web_node(args: &[&str]) -> Result<WebNode> {
+        let cli = TestCli::try_parse_from([&["lucent", "node", "add"], args].concat())?;
+        let PacsCommand::Node { command: NodeCommand::Add { name, timeout, tls, web, .. } } = *cli.pacs.command else {
+            bail!("not node add");
+        };
+        let url = web.url.clone().context("no --url")?;
+        web.node(&name, &url, timeout, tls.tls_ca.as_deref())
+    }
+
+    #[test]
+    fn node_add_takes_secrets_from_a_file_never_from_an_argument() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret-pw\nignored\n").unwrap();
+        let file = file.to_str().unwrap();
+        let url = "https://pacs.example.org/dicom-web";
+        let node = web_node(&["w", "--url", url, "--user", "reader", "--password-file", file]).unwrap();
+        let WebAuth::Basic { user, password } = &node.auth else { panic!("{node:?}") };
+        assert_eq!((user.as_str(), password.expose()), ("reader", Some("s3cret-pw")));
+        let node = web_node(&["w", "--url", url, "--token-file", file]).unwrap();
+        assert!(matches!(&node.auth, WebAuth::Bearer { token } if token.expose() == Some("s3cret-pw")));
+        // No flag takes the secret itself.
+        assert!(web_node(&["w", "--url", url, "--user", "reader", "--password", "pw"]).is_err());
+        assert!(web_node(&["w", "--url", url, "--token", "tok"]).is_err());
+        // A user needs a password source; an unset variable is named, its value never shown.
+        let err = web_node(&["w", "--url", url, "--user", "reader"]).unwrap_err().to_string();
+        assert!(err.contains("--password-env"), "{err}");
+        let err = web_node(&["w", "--url", url, "--user", "r", "--password-env", "LUCENT_TEST_UNSET_VAR_1"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("LUCENT_TEST_UNSET_VAR_1"), "{err}");
+    }
+
+    #[test]
+    fn node_add_refuses_credentials_over_plain_http_unless_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret-pw").unwrap();
+        let file = file.to_str().unwrap();
+        let plain = ["w", "--url", "http://pacs.example.org/dicom-web", "--user", "r", "--password-file", file];
+        let err = format!("{:#}", web_node(&plain).unwrap_err());
+        assert!(err.contains("`w`") && err.contains("--allow-plain-http-credentials"), "{err}");
+        assert!(!err.contains("s3cret-pw"), "{err}");
+        assert!(web_node(&[&plain[..], &["--allow-plain-http-credentials"]].concat()).is_ok());
+        let local = ["w", "--url", "http://127.0.0.1:8042/dicom-web", "--user", "r", "--password-file", file];
+        assert!(web_node(&local).is_ok());
+    }
 }

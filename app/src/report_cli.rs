@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use report::model::{Decisions, Lang};
 use report::store::{VersionBody, VersionKind};
-use report::{ReportStore, Role, SectionId};
+use report::{Role, SectionId};
 
 use crate::reporting::{self, ExportPaths};
 
@@ -151,7 +151,7 @@ pub fn after_read(path: &Path, reading: &crate::ai::ReadReport, args: &ReadExpor
     }
     let lang = reporting::parse_lang(&args.lang)?;
     let user = user_name(args.user.as_deref());
-    let mut store = ReportStore::open(store_dir).context("opening the report store")?;
+    let mut store = crate::reporting::open_report_store(store_dir)?;
     let bundles = reporting::bundles(path, reading)?;
     anyhow::ensure!(!bundles.is_empty(), "no study to report on under {}", path.display());
     for (i, bundle) in bundles.iter().enumerate() {
@@ -183,27 +183,41 @@ pub fn after_read(path: &Path, reading: &crate::ai::ReadReport, args: &ReadExpor
 pub fn audit(command: &AuditCommand, store_dir: &Path) -> Result<()> {
     match command {
         AuditCommand::Verify { json } => {
-            let store = ReportStore::open(store_dir).context("opening the report store")?;
+            let store = crate::reporting::open_report_store(store_dir)?;
             let verdict = store.verify_audit()?;
+            let tampered = store.verify_signed_versions(None)?;
             if *json {
-                println!("{}", serde_json::to_string_pretty(&verdict)?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "audit": verdict, "tampered_versions": tampered })
+                    )?
+                );
             } else {
                 match &verdict.first_broken {
                     None => println!("audit log intact: {} row(s), head {}", verdict.rows, verdict.head_hash),
                     Some(b) => println!("audit log BROKEN at row {}: {}", b.id, b.reason),
                 }
+                for t in &tampered {
+                    println!("signed version {} of study {} CHANGED: {}", t.version, t.study_uid, t.reason);
+                }
             }
-            match verdict.first_broken {
+            if let Some(b) = verdict.first_broken {
                 // main turns the error into exit status 1.
-                Some(b) => anyhow::bail!("the audit log is broken at row {}", b.id),
-                None => Ok(()),
+                anyhow::bail!("the audit log is broken at row {}", b.id);
             }
+            anyhow::ensure!(
+                tampered.is_empty(),
+                "{} signed version(s) no longer match what was signed",
+                tampered.len()
+            );
+            Ok(())
         }
     }
 }
 
 pub fn run(command: &ReportCommand, store_dir: &Path) -> Result<()> {
-    let mut store = ReportStore::open(store_dir).context("opening the report store")?;
+    let mut store = crate::reporting::open_report_store(store_dir)?;
     match command {
         ReportCommand::List => {
             for (uid, status) in store.reports()? {
@@ -213,6 +227,13 @@ pub fn run(command: &ReportCommand, store_dir: &Path) -> Result<()> {
         ReportCommand::Show { study_uid } => {
             let versions = store.versions(study_uid)?;
             anyhow::ensure!(!versions.is_empty(), "no report for study {study_uid}");
+            let tampered = store.verify_signed_versions(Some(study_uid))?;
+            for t in &tampered {
+                println!(
+                    "!!! signed version {} was CHANGED after signing: {} (not the signed report)",
+                    t.version, t.reason
+                );
+            }
             for v in versions {
                 let who = match v.kind {
                     VersionKind::Draft => format!("draft by {} (saved {})", v.author, v.saved_at),
@@ -229,6 +250,7 @@ pub fn run(command: &ReportCommand, store_dir: &Path) -> Result<()> {
                     VersionBody::Addendum { text } => println!("{text}"),
                 }
             }
+            anyhow::ensure!(tampered.is_empty(), "the signed report of study {study_uid} was changed after signing");
         }
         ReportCommand::Sign { study_uid, user } => {
             let v = store.sign(user, study_uid)?;

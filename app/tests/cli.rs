@@ -494,3 +494,66 @@ fn verify_names_conflicts_kept_aside() {
     assert!(!out.status.success(), "a store with conflicts waiting needs review");
     assert!(text.contains("1 instance(s) kept aside as conflicts") && text.contains("different content"), "{text}");
 }
+
+#[test]
+fn anonymize_writes_deidentified_copies_under_new_uids_the_same_way_twice() {
+    let src = tempfile::tempdir().unwrap();
+    for (seed, date) in [("anon-prior", "20240115"), ("anon-current", "20250301")] {
+        let mut spec = synth::RadiographSpec::chest(seed, 16);
+        spec.patient =
+            synth::PatientSpec { study_date: date.into(), ..synth::PatientSpec::new("KIM^MINJI", "H-2025-77", seed) };
+        synth::write_radiograph(&src.path().join(format!("{seed}.dcm")), &spec).unwrap();
+    }
+    std::fs::write(src.path().join("notes.txt"), "not DICOM").unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let key = work.path().join("site.key");
+    std::fs::write(&key, b"a site secret of more than sixteen bytes").unwrap();
+    let run = |out: &Path| {
+        let json: serde_json::Value = serde_json::from_str(&run_ok(
+            lucent(work.path())
+                .arg("anonymize")
+                .arg(src.path())
+                .arg(out)
+                .arg("--key-file")
+                .arg(&key)
+                .arg("--date-shift")
+                .arg("--json"),
+        ))
+        .unwrap();
+        json
+    };
+    let first = run(&work.path().join("out1"));
+    assert_eq!(first["written"].as_array().unwrap().len(), 2, "{first}");
+    assert_eq!(first["skipped"].as_array().unwrap().len(), 1, "{first}");
+    let outputs = |json: &serde_json::Value| {
+        let mut v: Vec<String> = json["written"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| {
+                Path::new(w["output"].as_str().unwrap())
+                    .components()
+                    .rev()
+                    .take(3)
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+                    .join("/")
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let second = run(&work.path().join("out2"));
+    assert_eq!(outputs(&first), outputs(&second), "the same key maps to the same UIDs");
+    for w in first["written"].as_array().unwrap() {
+        let path = Path::new(w["output"].as_str().unwrap());
+        let bytes = std::fs::read(path).unwrap();
+        assert!(memchr::memmem::find(&bytes, b"KIM^MINJI").is_none());
+        assert!(memchr::memmem::find(&bytes, b"H-2025-77").is_none());
+        let info = pacs::file::read_info(path).unwrap();
+        assert!(info.study_instance_uid.starts_with("2.25."), "{}", info.study_instance_uid);
+        assert_eq!(info.study_date.len(), 8, "dates kept, shifted");
+        assert_ne!(info.study_date, "20240115");
+        assert_ne!(info.study_date, "20250301");
+    }
+}

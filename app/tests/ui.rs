@@ -592,3 +592,26 @@ fn the_model_evaluation_window_shows_the_table_for_a_generated_set() {
     assert!(h.query_by_label("Consolidation").is_some(), "a row per label");
     assert!(h.query_by_label("ROC curves").is_some(), "the plot is labelled");
 }
+
+#[test]
+fn the_browser_warns_of_instances_kept_aside_as_conflicts() {
+    let root = tempfile::tempdir().unwrap();
+    sample_store(root.path());
+    // Another patient's radiograph claiming the radiograph's study: kept aside, not filed.
+    let intruder = RadiographSpec {
+        patient: PatientSpec {
+            study_uid: synth::uid("study:ui-cr"),
+            ..PatientSpec::new("OTHER^PATIENT", "UI-9", "ui-cr")
+        },
+        ..RadiographSpec::chest("ui-intruder", 64)
+    };
+    let path = root.path().join("intruder.dcm");
+    synth::write_radiograph(&path, &intruder).unwrap();
+    let mut store = Store::open(&root.path().join("store")).unwrap();
+    let summary =
+        pacs::import::import_paths(&mut store, &[path], &Default::default(), &|_| {}, &AtomicBool::new(false)).unwrap();
+    assert_eq!(summary.conflicts.len(), 1, "{summary:?}");
+    let mut h = harness(&root.path().join("store"));
+    wait_until(&mut h, |app| app.browser.conflicts > 0);
+    assert!(h.query_by_label_contains("kept aside as conflicts").is_some(), "the browser shows the conflict");
+}

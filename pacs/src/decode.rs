@@ -302,6 +302,17 @@ pub fn decode_frame(obj: &DefaultDicomObject, frame: u32) -> Result<Frame> {
             if !ts.can_decode_all() {
                 return Err(Error::UnsupportedTransferSyntax { uid: ts_uid, name: ts.name().to_owned() });
             }
+            // The C codecs (CharLS, OpenJPEG) size their buffers from the codestream's own header:
+            // it must describe the image the DICOM header does before they see it.
+            let bitstream = frame_bitstream(seq.fragments(), seq.offset_table(), module.frames, frame)?;
+            if let Some((columns, rows)) = codestream_size(&bitstream)
+                && (columns != module.columns || rows != module.rows)
+            {
+                return Err(Error::decode(
+                    ts.name(),
+                    format!("codestream is {columns}x{rows} but header says {}x{}", module.columns, module.rows),
+                ));
+            }
             let decoded = obj.decode_pixel_data_frame(frame).map_err(|e| Error::decode(ts.name(), e.to_string()))?;
             // The codecs hand back RGB for colour.
             let photometric = if module.samples_per_pixel == 3 { "RGB".into() } else { module.photometric.clone() };
@@ -310,6 +321,35 @@ pub fn decode_frame(obj: &DefaultDicomObject, frame: u32) -> Result<Frame> {
         }
         Value::Sequence(_) => Err(Error::invalid("PixelData", "is a sequence")),
     }
+}
+
+/// The image size a JPEG-LS (SOF55) or JPEG 2000 (SIZ) codestream declares, read without
+/// decoding: (columns, rows). `None` when neither header is found in the first bytes.
+fn codestream_size(bitstream: &[u8]) -> Option<(u32, u32)> {
+    let be16 = |b: &[u8], at: usize| b.get(at..at + 2).map(|v| u32::from(u16::from_be_bytes([v[0], v[1]])));
+    let be32 = |b: &[u8], at: usize| b.get(at..at + 4).map(|v| u32::from_be_bytes([v[0], v[1], v[2], v[3]]));
+    let head = &bitstream[..bitstream.len().min(64 * 1024)];
+    // JPEG 2000: SOC then SIZ (in a raw codestream, or inside a JP2 'jp2c' box).
+    if let Some(at) = memchr::memmem::find(head, &[0xFF, 0x4F, 0xFF, 0x51]) {
+        let siz = at + 4;
+        let (x, y, x0, y0) = (be32(head, siz + 4)?, be32(head, siz + 8)?, be32(head, siz + 12)?, be32(head, siz + 16)?);
+        return Some((x.saturating_sub(x0), y.saturating_sub(y0)));
+    }
+    // JPEG-LS: SOI, then markers up to SOF55 (FFF7: length, precision, rows, columns).
+    if head.starts_with(&[0xFF, 0xD8]) {
+        let mut at = 2;
+        while at + 4 <= head.len() {
+            if head[at] != 0xFF {
+                return None;
+            }
+            let marker = head[at + 1];
+            if marker == 0xF7 {
+                return Some((be16(head, at + 7)?, be16(head, at + 5)?));
+            }
+            at += 2 + usize::try_from(be16(head, at + 2)?).ok()?;
+        }
+    }
+    None
 }
 
 fn is_jpeg_family(ts_uid: &str) -> bool {

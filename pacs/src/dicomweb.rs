@@ -2,7 +2,11 @@
 //!
 //! * HTTP through `ureq` with rustls; HTTPS certificates are verified against Mozilla's roots, plus
 //!   a hospital CA from [`WebNode::ca_file`] when given. There is no switch to turn verification off.
-//! * Basic and bearer authentication ([`WebAuth`]).
+//! * Basic and bearer authentication ([`WebAuth`]). Passwords and tokens are [`Secret`]s: kept in
+//!   the OS keyring or an encrypted file ([`crate::secrets`]), never in the node book, never
+//!   printed. They are refused over plain `http://` to any host but this machine's loopback
+//!   unless the node opts in ([`WebNode::allow_plain_http_credentials`]); to loopback they are
+//!   sent with a warning in the log.
 //! * WADO-RS asks for `transfer-syntax=*`, so the archive sends what it holds (no transcoding, and
 //!   archives that cannot transcode JPEG 2000 still deliver). The `multipart/related` response is
 //!   parsed as it streams in ([`MultipartReader`]); each part is written atomically into the store
@@ -24,10 +28,12 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::net::find::{FindQuery, InstanceMatch, SeriesMatch, StudyMatch};
+use crate::secrets::Secret;
 use crate::store::Store;
 use crate::writers::WriteJob;
 
-/// How to authenticate to a DICOMweb server.
+/// How to authenticate to a DICOMweb server. In the node book a [`Secret`] is only a reference to
+/// the secret store (books of older versions held it in plain text; they are migrated on load).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum WebAuth {
@@ -35,11 +41,38 @@ pub enum WebAuth {
     None,
     Basic {
         user: String,
-        password: String,
+        password: Secret,
     },
     Bearer {
-        token: String,
+        token: Secret,
     },
+}
+
+impl WebAuth {
+    /// The password or token, if any.
+    pub fn secret(&self) -> Option<&Secret> {
+        match self {
+            Self::None => None,
+            Self::Basic { password, .. } => Some(password),
+            Self::Bearer { token } => Some(token),
+        }
+    }
+
+    pub(crate) fn secret_mut(&mut self) -> Option<&mut Secret> {
+        match self {
+            Self::None => None,
+            Self::Basic { password, .. } => Some(password),
+            Self::Bearer { token } => Some(token),
+        }
+    }
+
+    /// "password" or "token", for messages.
+    fn secret_name(&self) -> &'static str {
+        match self {
+            Self::Bearer { .. } => "bearer token",
+            _ => "password",
+        }
+    }
 }
 
 /// A DICOMweb server.
@@ -57,6 +90,10 @@ pub struct WebNode {
     /// Extra trusted root certificates (PEM), for a hospital's own CA.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// Send the password or token even over plain `http://` to a host other than this machine's
+    /// loopback (where anyone on the network path can read it). Off: such a node is refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_plain_http_credentials: bool,
 }
 
 fn default_timeout_s() -> f64 {
@@ -71,7 +108,61 @@ impl WebNode {
             auth: WebAuth::None,
             timeout_s: default_timeout_s(),
             ca_file: None,
+            allow_plain_http_credentials: false,
         }
+    }
+
+    /// Checks the URL, the timeout, and how credentials would travel: a base URL with a user or
+    /// password in it is refused (they belong in [`auth`](Self::auth), kept out of the book), and
+    /// so is a password or token over plain `http://` to a host other than loopback unless
+    /// [`allow_plain_http_credentials`](Self::allow_plain_http_credentials) is set.
+    pub fn validate(&self) -> Result<()> {
+        self.checked_base().map(|_| ())
+    }
+
+    /// The trimmed base URL and its `host:port`, after [`validate`](Self::validate)'s checks;
+    /// logs a warning when credentials go over plain HTTP (loopback, or opted in).
+    fn checked_base(&self) -> Result<(String, String)> {
+        let invalid =
+            |reason: String| Error::InvalidNode { reason: format!("DICOMweb node `{}`: {reason}", self.name) };
+        let base = self.base_url.trim().trim_end_matches('/').to_owned();
+        let peer = peer_of(&base).ok_or_else(|| invalid("the base URL must start with http:// or https://".into()))?;
+        if authority_of(&base).contains('@') {
+            return Err(invalid(
+                "the base URL holds a user name or password; remove it from the URL and set the node's \
+                 authentication instead (kept in the secret store, not in the node book)"
+                    .into(),
+            ));
+        }
+        if !(self.timeout_s.is_finite() && self.timeout_s > 0.0) {
+            return Err(invalid("timeout must be positive".into()));
+        }
+        let plain_http = base.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("http://"));
+        if plain_http && self.auth != WebAuth::None {
+            let what = self.auth.secret_name();
+            if is_loopback(&base) {
+                tracing::warn!(
+                    "DICOMweb node `{}`: sending its {what} over plain HTTP to {peer} (loopback only)",
+                    self.name
+                );
+            } else if self.allow_plain_http_credentials {
+                tracing::warn!(
+                    "DICOMweb node `{}`: sending its {what} over plain HTTP to {peer}, as the node allows; \
+                     anyone on the network path can read it",
+                    self.name
+                );
+            } else {
+                return Err(invalid(format!(
+                    "refusing to send its {what} over plain http:// to {peer}, where anyone on the network \
+                     path could read it. Use an https:// URL; or, only on a network you trust, allow it \
+                     explicitly (`allow_plain_http_credentials`: `lucent pacs node add {} --url ... \
+                     --allow-plain-http-credentials`, or the node editor's \"Allow credentials over plain \
+                     HTTP\" box)",
+                    self.name
+                )));
+            }
+        }
+        Ok((base, peer))
     }
 }
 
@@ -124,7 +215,8 @@ pub struct DicomWebClient {
     /// `host:port`, for messages.
     peer: String,
     agent: ureq::Agent,
-    authorization: Option<String>,
+    /// The `Authorization` header value (never printed).
+    authorization: Option<Secret>,
 }
 
 impl std::fmt::Debug for DicomWebClient {
@@ -136,15 +228,7 @@ impl std::fmt::Debug for DicomWebClient {
 impl DicomWebClient {
     /// Checks the node and builds its HTTP agent (TCP_NODELAY, timeouts, TLS roots).
     pub fn new(node: &WebNode) -> Result<Self> {
-        let base = node.base_url.trim().trim_end_matches('/').to_owned();
-        let peer = peer_of(&base).ok_or_else(|| Error::InvalidNode {
-            reason: format!("DICOMweb node `{}`: the base URL must start with http:// or https://", node.name),
-        })?;
-        if !(node.timeout_s.is_finite() && node.timeout_s > 0.0) {
-            return Err(Error::InvalidNode {
-                reason: format!("DICOMweb node `{}`: timeout must be positive", node.name),
-            });
-        }
+        let (base, peer) = node.checked_base()?;
         let timeout = Some(Duration::from_secs_f64(node.timeout_s));
         let mut tls = ureq::tls::TlsConfig::builder();
         if let Some(ca) = &node.ca_file {
@@ -174,13 +258,27 @@ impl DicomWebClient {
             .tls_config(tls.build())
             .build()
             .into();
+        let missing = || Error::Secret {
+            detail: format!(
+                "DICOMweb node `{}`: its {} could not be read from the secret store; enter it again (node \
+                 editor, or `lucent pacs node add`)",
+                node.name,
+                node.auth.secret_name()
+            ),
+        };
         let authorization = match &node.auth {
             WebAuth::None => None,
-            WebAuth::Basic { user, password } => Some(format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
-            )),
-            WebAuth::Bearer { token } => Some(format!("Bearer {}", token.trim())),
+            WebAuth::Basic { user, password } => {
+                let password = password.expose().ok_or_else(missing)?;
+                let pair = zeroize::Zeroizing::new(format!("{user}:{password}"));
+                Some(Secret::new(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(pair.as_bytes())
+                )))
+            }
+            WebAuth::Bearer { token } => {
+                Some(Secret::new(format!("Bearer {}", token.expose().ok_or_else(missing)?.trim())))
+            }
         };
         Ok(Self { node: node.clone(), base, peer, agent, authorization })
     }
@@ -196,7 +294,7 @@ impl DicomWebClient {
         during: &'static str,
     ) -> Result<ureq::http::Response<ureq::Body>> {
         let mut req = self.agent.get(format!("{}{path_and_query}", self.base)).header("Accept", accept);
-        if let Some(a) = &self.authorization {
+        if let Some(a) = self.authorization.as_ref().and_then(Secret::expose) {
             req = req.header("Authorization", a);
         }
         let response = req.call().map_err(|e| self.transport_error(e, during))?;
@@ -484,7 +582,7 @@ impl DicomWebClient {
             .post(format!("{}/studies", self.base))
             .header("Accept", "application/dicom+json")
             .header("Content-Type", format!("multipart/related; type=\"application/dicom\"; boundary={boundary}"));
-        if let Some(a) = &self.authorization {
+        if let Some(a) = self.authorization.as_ref().and_then(Secret::expose) {
             req = req.header("Authorization", a);
         }
         let response = req.send(&body[..]).map_err(|e| self.transport_error(e, "storing"))?;
@@ -521,6 +619,25 @@ fn webpki_roots() -> Vec<ureq::tls::Certificate<'static>> {
             _ => None,
         })
         .collect()
+}
+
+/// The authority (`[user[:password]@]host[:port]`) of a URL.
+fn authority_of(base: &str) -> &str {
+    let rest = base.split_once("://").map_or(base, |(_, rest)| rest);
+    rest.split(['/', '?', '#']).next().unwrap_or_default()
+}
+
+/// Whether a URL's host is this machine's loopback (`localhost`, 127.0.0.0/8, `::1`).
+fn is_loopback(base: &str) -> bool {
+    let authority = authority_of(base);
+    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    let host = if let Some(v6) = host_port.strip_prefix('[') {
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        host_port.split(':').next().unwrap_or_default()
+    };
+    let host = host.trim_end_matches('.');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `host:port` of a base URL, or `None` when it is not http(s).
@@ -849,6 +966,40 @@ mod tests {
         assert_eq!(peer_of("http://127.0.0.1:8042/dicom-web").as_deref(), Some("127.0.0.1:8042"));
         assert_eq!(peer_of("https://user:pw@pacs.example.org/dicom-web?x=1").as_deref(), Some("pacs.example.org:443"));
         assert_eq!(peer_of("ftp://x"), None);
+    }
+
+    fn with_password(url: &str) -> WebNode {
+        let mut node = WebNode::new("ward", url);
+        node.auth = WebAuth::Basic { user: "reader".into(), password: Secret::new("s3cret-pw") };
+        node
+    }
+
+    #[test]
+    fn credentials_over_plain_http_need_loopback_or_an_opt_in() {
+        let err = DicomWebClient::new(&with_password("http://pacs.example.org/dicom-web")).unwrap_err().to_string();
+        assert!(err.contains("`ward`") && err.contains("allow_plain_http_credentials"), "{err}");
+        assert!(!err.contains("s3cret-pw"), "{err}");
+        let mut bearer = WebNode::new("ward", "HTTP://10.0.0.5:8042/dicom-web");
+        bearer.auth = WebAuth::Bearer { token: Secret::new("tok") };
+        assert!(bearer.validate().is_err());
+        for url in ["http://127.0.0.1:8042/dicom-web", "http://localhost/dicom-web", "http://[::1]:8042/x"] {
+            assert!(DicomWebClient::new(&with_password(url)).is_ok(), "{url}");
+        }
+        assert!(DicomWebClient::new(&with_password("https://pacs.example.org/dicom-web")).is_ok());
+        let opted_in = WebNode { allow_plain_http_credentials: true, ..with_password("http://pacs.example.org/x") };
+        assert!(DicomWebClient::new(&opted_in).is_ok());
+        // Without credentials plain HTTP is fine; credentials in the URL never are.
+        assert!(WebNode::new("w", "http://pacs.example.org/dicom-web").validate().is_ok());
+        assert!(WebNode::new("w", "https://u:pw@pacs.example.org/dicom-web").validate().is_err());
+        assert!(!is_loopback("http://127.0.0.1.example.org/"));
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let node = with_password("https://pacs.example.org/dicom-web");
+        let text = format!("{node:?} {:?}", DicomWebClient::new(&node).unwrap());
+        assert!(!text.contains("s3cret-pw"), "{text}");
+        assert!(text.contains("***"), "{text}");
     }
 
     #[test]

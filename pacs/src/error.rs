@@ -78,6 +78,11 @@ pub enum Error {
     #[error("{what} of {size} exceeds the limit of {limit} (setting {setting})")]
     LimitExceeded { what: &'static str, size: u64, limit: u64, setting: &'static str },
 
+    /// An image that carries (or may carry) burned-in annotation, refused by de-identification
+    /// unless asked to include it.
+    #[error("not de-identified: {reason}")]
+    BurnedIn { reason: String },
+
     /// The operation was cancelled by the user.
     #[error("cancelled")]
     Cancelled,
@@ -119,6 +124,11 @@ pub enum Error {
     /// A PACS node or listener configuration that cannot be used.
     #[error("invalid network configuration: {reason}")]
     InvalidNode { reason: String },
+
+    /// A node's password or token could not be kept or read (`pacs::secrets`). Never holds
+    /// the secret itself.
+    #[error("secret store: {detail}")]
+    Secret { detail: String },
 }
 
 impl Error {

@@ -16,6 +16,8 @@
 //!   measurements kept per study.
 //! * [`import`]: parallel import of files, folders, DICOMDIR and ZIP into the store.
 //! * [`synth`]: synthetic series with known geometry, for tests and the demo.
+//! * [`deid`]: de-identification (PS3.15 Annex E Basic Application Level Confidentiality Profile,
+//!   Retain Longitudinal Temporal Information Modified Dates Option, keyed UID remapping).
 //! * [`derive`]: derived series (e.g. denoised CT) written as new DICOM instances.
 //! * [`sr`]: DICOM Comprehensive SR (TID 1500 measurement report) from a neutral document.
 //! * [`net`]: DIMSE networking on `dicom-ul`: PACS nodes and their book, C-ECHO with a verdict,
@@ -23,6 +25,9 @@
 //!   series into the store (one presentation context per compressed transfer syntax, progress,
 //!   C-CANCEL, only what the store lacks, a report of what is missing), C-STORE SCU, and the
 //!   Store SCP (allow-listed calling AE titles, events on a bounded channel).
+//! * [`dicomweb`]: QIDO-RS, WADO-RS and STOW-RS against DICOMweb servers.
+//! * [`secrets`]: node passwords and tokens, kept in the OS keyring or an encrypted file, never
+//!   in the node book.
 //!
 //! This crate must not depend on egui, wgpu, winit, rfd or ort (CI checks it).
 //! Errors never carry patient data.
@@ -32,16 +37,20 @@ use openjpeg_sys as _;
 
 pub mod attrs;
 pub mod decode;
+pub mod deid;
 pub mod derive;
 pub mod dicomweb;
 mod error;
 pub mod file;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod import;
 mod jpeg;
 pub mod limits;
 pub mod net;
 pub mod pixels;
 mod rle;
+pub mod secrets;
 pub mod sr;
 pub mod store;
 pub mod synth;

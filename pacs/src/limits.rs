@@ -377,10 +377,13 @@ fn scan(source: &mut dyn Source, encoding: Encoding, stop_at_pixel_data: bool, l
                     _ => return Ok(pixel_data_len),
                 }
             }
-            Level::Elements { explicit_vr, .. } => {
+            Level::Elements { explicit_vr, end: item_end } => {
                 if delimiter_like {
                     let _len = read_u32(source, big)?;
-                    if tag == ITEM_END {
+                    // Only an undefined-length item ends at a delimiter; a stray one (at the top
+                    // level, say) is skipped as dicom-rs skips it, and the scan goes on (found
+                    // by fuzzing: stopping there let an element after it through).
+                    if tag == ITEM_END && item_end.is_none() && stack.len() > 1 {
                         stack.pop();
                     }
                     continue;
@@ -397,6 +400,21 @@ fn scan(source: &mut dyn Source, encoding: Encoding, stop_at_pixel_data: bool, l
                         .map_or(VR::UN, |entry| entry.vr().relaxed());
                     (vr, len)
                 };
+                // A binary value whose length is not a whole number of values: dicom-rs reads the
+                // whole values and then takes the rest as the next element's header, whose length
+                // can be anything (found by fuzzing: gigabytes from 104 bytes).
+                if len != UNDEFINED
+                    && let Some(size) = value_size(vr, explicit_vr)
+                    && len % size != 0
+                {
+                    return Err(Error::invalid(
+                        "element length",
+                        format!(
+                            "({:04X},{:04X}) {vr:?} has {len} bytes, not a whole number of {size}-byte values",
+                            tag.0, tag.1
+                        ),
+                    ));
+                }
                 let is_sequence = vr == VR::SQ || (vr == VR::UN && len == UNDEFINED);
                 if is_sequence {
                     depth += 1;
@@ -409,8 +427,10 @@ fn scan(source: &mut dyn Source, encoding: Encoding, stop_at_pixel_data: bool, l
                         });
                     }
                     let seq_end = defined_end(source, tag, len)?;
-                    // An undefined-length UN holds implicit VR little endian items.
-                    let inner_explicit = explicit_vr && vr != VR::UN;
+                    // PS3.5 says an undefined-length UN holds implicit VR little endian items, but
+                    // dicom-rs 0.10 reads them in the data set's own encoding: scan what it will
+                    // parse (found by fuzzing pydicom's UN_sequence.dcm).
+                    let inner_explicit = explicit_vr;
                     stack.push(Level::Sequence { end: seq_end, explicit_vr: inner_explicit });
                 } else if len == UNDEFINED {
                     if tag == PIXEL_DATA {
@@ -452,6 +472,20 @@ fn defined_end(source: &dyn Source, tag: (u16, u16), len: u32) -> Result<Option<
         return Err(too_long(tag, u64::from(len), left));
     }
     Ok(Some(source.position() + u64::from(len)))
+}
+
+/// The size of one value of a fixed-size binary VR. With an implicit VR (from the dictionary),
+/// only the numeric VRs whose dictionary entry is unambiguous.
+fn value_size(vr: VR, explicit_vr: bool) -> Option<u32> {
+    match vr {
+        VR::US | VR::SS => Some(2),
+        VR::UL | VR::SL | VR::FL | VR::AT => Some(4),
+        VR::FD | VR::SV | VR::UV => Some(8),
+        VR::OW if explicit_vr => Some(2),
+        VR::OF | VR::OL if explicit_vr => Some(4),
+        VR::OD | VR::OV if explicit_vr => Some(8),
+        _ => None,
+    }
 }
 
 fn read_u32(source: &mut dyn Source, big_endian: bool) -> Result<u32> {

@@ -33,6 +33,11 @@ pub enum Error {
     #[error("the report is not signed; sign it first, or export it explicitly marked preliminary")]
     NotSigned,
 
+    /// A signed version no longer matches what was signed, or the audit's anchor does not match:
+    /// someone changed the store behind Lucent's back.
+    #[error("tampering detected: {what}")]
+    Tampered { what: String },
+
     /// The user's profile does not allow this.
     #[error("not allowed: {what}")]
     Forbidden { what: String },

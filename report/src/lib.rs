@@ -50,7 +50,7 @@ mod vocab;
 
 pub use draft::{Report, Section, SectionId, Sentence, draft};
 pub use error::{Error, Result};
-pub use store::{AuditVerdict, ReportStatus, ReportStore, Role};
+pub use store::{AuditAnchor, AuditVerdict, ReportStatus, ReportStore, Role, TamperedVersion};
 
 /// The statement every export carries.
 pub const DISCLAIMER: &str = "Research and demonstration only; not for diagnosis";

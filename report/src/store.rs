@@ -11,8 +11,17 @@
 //! * `users`: local profiles (name, role reader | qa_lead).
 //! * `audit`: append-only log of who did what when, hash-chained (SHA-256 over the previous hash and
 //!   the row), with triggers refusing UPDATE and DELETE. [`ReportStore::verify_audit`] finds the
-//!   first broken link. The chain detects edited, inserted and deleted rows; it cannot detect that
-//!   the newest rows were cut off unless the head hash is kept elsewhere (the verdict gives it).
+//!   first broken link. The chain alone detects edited, inserted and deleted rows, but not a chain
+//!   rewritten and re-hashed by someone who can write the file, nor the newest rows cut off. So the
+//!   head is **anchored** outside the database ([`AuditAnchor`]): after every commit that appends
+//!   audit rows, the last row's id and hash and the row count are written to a head file sealed
+//!   with HMAC-SHA-256 under a key that never enters the database. Verification then also
+//!   requires the anchored row to be there, unchanged, and no row after it that was written
+//!   without the key.
+//! * Signed versions are checked against the audit: the content hash the `sign` / `addendum` audit
+//!   rows recorded must match the version's text now ([`ReportStore::verify_signed_versions`]), so
+//!   a signed text changed behind the triggers' back is caught by `show`, `export` and `audit
+//!   verify`.
 //!
 //! Nothing in this store holds a patient name or ID: reports are keyed by Study Instance UID and
 //! audit details carry ids, model versions, counts and hashes only (export paths are not logged).
@@ -307,6 +316,14 @@ pub struct BrokenLink {
     pub reason: String,
 }
 
+/// A signed version or addendum whose text no longer matches what was signed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TamperedVersion {
+    pub version: i64,
+    pub study_uid: String,
+    pub reason: String,
+}
+
 /// The result of [`ReportStore::verify_audit`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditVerdict {
@@ -347,11 +364,99 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// Where a report store's audit head is anchored, outside its database: a key file (32 random
+/// bytes, created 0600 on first use) and a head file per store, in a folder the app gives (its
+/// data folder, which the database's writers need not be able to write).
+#[derive(Clone)]
+pub struct AuditAnchor {
+    head_file: PathBuf,
+    key: Vec<u8>,
+}
+
+impl std::fmt::Debug for AuditAnchor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditAnchor").field("head_file", &self.head_file).finish_non_exhaustive()
+    }
+}
+
+/// The anchored head: the last audit row when it was written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct AnchoredHead {
+    rows: u64,
+    last_id: i64,
+    head_hash: String,
+    mac: String,
+}
+
+impl AuditAnchor {
+    /// The anchor of the store `store_dir/reports.sqlite`, kept in `anchor_dir`.
+    pub fn in_dir(anchor_dir: &Path, store_dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(anchor_dir).map_err(|e| Error::io(anchor_dir, e))?;
+        let key_file = anchor_dir.join("audit.key");
+        if !key_file.exists() {
+            let mut key = [0u8; 32];
+            getrandom::fill(&mut key)
+                .map_err(|e| Error::Invalid { what: format!("no random source for the audit key: {e}") })?;
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut file = options.open(&key_file).map_err(|e| Error::io(&key_file, e))?;
+            std::io::Write::write_all(&mut file, &key).map_err(|e| Error::io(&key_file, e))?;
+            file.sync_all().map_err(|e| Error::io(&key_file, e))?;
+        }
+        let key = std::fs::read(&key_file).map_err(|e| Error::io(&key_file, e))?;
+        let canonical = std::fs::canonicalize(store_dir).unwrap_or_else(|_| store_dir.to_path_buf());
+        let id = &sha256_hex(canonical.to_string_lossy().as_bytes())[..16];
+        Ok(Self { head_file: anchor_dir.join(format!("audit-head-{id}.json")), key })
+    }
+
+    fn mac(&self, rows: u64, last_id: i64, head_hash: &str) -> String {
+        use hmac::Mac;
+        let mut mac = match hmac::Hmac::<Sha256>::new_from_slice(&self.key) {
+            Ok(mac) => mac,
+            // HMAC takes keys of any length; this cannot happen.
+            Err(_) => return String::new(),
+        };
+        mac.update(
+            format!(
+                "{rows}
+{last_id}
+{head_hash}"
+            )
+            .as_bytes(),
+        );
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    fn read(&self) -> Result<Option<AnchoredHead>> {
+        match std::fs::read_to_string(&self.head_file) {
+            Ok(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| Error::Invalid { what: format!("audit head file {}: {e}", self.head_file.display()) }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(&self.head_file, e)),
+        }
+    }
+
+    fn write(&self, rows: u64, last_id: i64, head_hash: &str) -> Result<()> {
+        let head =
+            AnchoredHead { rows, last_id, head_hash: head_hash.to_owned(), mac: self.mac(rows, last_id, head_hash) };
+        let text = serde_json::to_string(&head).map_err(|e| Error::Invalid { what: e.to_string() })?;
+        let tmp = self.head_file.with_extension("json.tmp");
+        let written = std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::File::open(&tmp).and_then(|f| f.sync_all()))
+            .and_then(|()| std::fs::rename(&tmp, &self.head_file));
+        written.map_err(|e| Error::io(&self.head_file, e))
+    }
+}
+
 /// The report store (see the module docs).
 pub struct ReportStore {
     path: PathBuf,
     conn: Connection,
     clock: fn() -> String,
+    anchor: Option<AuditAnchor>,
 }
 
 impl std::fmt::Debug for ReportStore {
@@ -374,7 +479,28 @@ impl ReportStore {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(SCHEMA)?;
-        Ok(Self { path, conn, clock: crate::time::now_rfc3339 })
+        Ok(Self { path, conn, clock: crate::time::now_rfc3339, anchor: None })
+    }
+
+    /// Anchors the audit head outside the database from now on (see the module docs). A store
+    /// anchored for the first time is anchored at its current head.
+    pub fn set_anchor(&mut self, anchor: AuditAnchor) -> Result<()> {
+        let first = anchor.read()?.is_none();
+        self.anchor = Some(anchor);
+        if first { self.anchor_head() } else { Ok(()) }
+    }
+
+    /// Writes the current audit head to the anchor (after every commit that appended audit rows).
+    fn anchor_head(&self) -> Result<()> {
+        let Some(anchor) = &self.anchor else { return Ok(()) };
+        let (rows, last): (i64, Option<(i64, String)>) = (
+            self.conn.query_row("SELECT COUNT(*) FROM audit", [], |r| r.get(0))?,
+            self.conn
+                .query_row("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?,
+        );
+        let (last_id, head_hash) = last.unwrap_or((0, GENESIS_HASH.to_owned()));
+        anchor.write(rows.max(0) as u64, last_id, &head_hash)
     }
 
     pub fn path(&self) -> &Path {
@@ -412,6 +538,7 @@ impl ReportStore {
         )?;
         append_audit_tx(&tx, &at, name, AuditAction::UserAdded, name, &serde_json::json!({ "role": role.code() }))?;
         tx.commit()?;
+        self.anchor_head()?;
         Ok(User { name: name.to_owned(), role })
     }
 
@@ -456,6 +583,7 @@ impl ReportStore {
         let tx = self.conn.transaction()?;
         let entry = append_audit_tx(&tx, &at, user, action, object, detail)?;
         tx.commit()?;
+        self.anchor_head()?;
         Ok(entry)
     }
 
@@ -500,7 +628,85 @@ impl ReportStore {
             }
             prev = entry.hash;
         }
+        if let Some(anchor) = &self.anchor
+            && let Some(head) = anchor.read()?
+        {
+            let broken = |id: i64, reason: String| AuditVerdict {
+                rows,
+                head_hash: prev.clone(),
+                first_broken: Some(BrokenLink { id, reason }),
+            };
+            if anchor.mac(head.rows, head.last_id, &head.head_hash) != head.mac {
+                return Ok(broken(head.last_id, "the audit anchor outside the database was altered".to_owned()));
+            }
+            let anchored: Option<String> =
+                self.conn.query_row("SELECT hash FROM audit WHERE id = ?1", [head.last_id], |r| r.get(0)).optional()?;
+            let anchored_ok =
+                head.last_id == 0 && head.head_hash == GENESIS_HASH || anchored == Some(head.head_hash.clone());
+            if !anchored_ok || rows < head.rows {
+                return Ok(broken(
+                    head.last_id,
+                    format!(
+                        "the anchored head (row {}, {} rows) is {}: rows were cut off or the chain was rewritten",
+                        head.last_id,
+                        head.rows,
+                        if anchored.is_none() { "missing" } else { "changed" }
+                    ),
+                ));
+            }
+            if rows > head.rows {
+                return Ok(broken(
+                    head.last_id + 1,
+                    format!("{} row(s) after the anchored head were written without the anchor key", rows - head.rows),
+                ));
+            }
+        }
         Ok(AuditVerdict { rows, head_hash: prev, first_broken: None })
+    }
+
+    /// Signed versions and addenda whose text no longer matches what was signed: its own stored
+    /// hash, and the hash the `sign` / `addendum` audit row recorded (an audit that is itself
+    /// chained and anchored). Empty when every signed text is intact.
+    pub fn verify_signed_versions(&self, study_uid: Option<&str>) -> Result<Vec<TamperedVersion>> {
+        let mut recorded: HashMap<i64, String> = HashMap::new();
+        for entry in self.audit_log()? {
+            if entry.action == AuditAction::Sign.code() || entry.action == AuditAction::Addendum.code() {
+                let detail: serde_json::Value = serde_json::from_str(&entry.detail).unwrap_or_default();
+                if let (Some(version), Some(hash)) = (detail["version"].as_i64(), detail["content_sha256"].as_str()) {
+                    recorded.insert(version, hash.to_owned());
+                }
+            }
+        }
+        let mut stmt = self.conn.prepare(
+            "SELECT v.id, r.study_uid, v.body, v.content_sha256 FROM versions v JOIN reports r ON r.id = v.report_id
+             WHERE v.kind <> 'draft' AND (?1 IS NULL OR r.study_uid = ?1) ORDER BY v.id",
+        )?;
+        let rows = stmt.query_map([study_uid], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, study_uid, body, stored) = row?;
+            let actual = sha256_hex(body.as_bytes());
+            let reason = match recorded.get(&id) {
+                None => Some("no audit record of its signing"),
+                Some(signed) if *signed != actual => Some("its text differs from what was signed (audit)"),
+                Some(_) if stored != actual => Some("its text does not match its stored hash"),
+                Some(_) => None,
+            };
+            if let Some(reason) = reason {
+                out.push(TamperedVersion { version: id, study_uid, reason: reason.to_owned() });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Refuses a study whose signed text was changed (see [`Self::verify_signed_versions`]).
+    pub fn check_signed_versions(&self, study_uid: &str) -> Result<()> {
+        match self.verify_signed_versions(Some(study_uid))?.first() {
+            Some(t) => Err(Error::Tampered { what: format!("signed version {}: {}", t.version, t.reason) }),
+            None => Ok(()),
+        }
     }
 
     // ---- findings and decisions ----
@@ -543,6 +749,7 @@ impl ReportStore {
         });
         append_audit_tx(&tx, &at, user, AuditAction::AiRun, study_uid, &detail)?;
         tx.commit()?;
+        self.anchor_head()?;
         Ok(())
     }
 
@@ -585,6 +792,7 @@ impl ReportStore {
         let detail = decision_detail(finding_id, decision);
         append_audit_tx(&tx, &at, user, action, study_uid, &detail)?;
         tx.commit()?;
+        self.anchor_head()?;
         Ok(())
     }
 
@@ -619,6 +827,7 @@ impl ReportStore {
         let id = tx.last_insert_rowid();
         append_audit_tx(&tx, &at, reviewer, AuditAction::QaReview, study_uid, &decision_detail(finding_id, decision))?;
         tx.commit()?;
+        self.anchor_head()?;
         Ok(id)
     }
 
@@ -747,6 +956,7 @@ impl ReportStore {
             }
         };
         tx.commit()?;
+        self.anchor_head()?;
         Ok(id)
     }
 
@@ -828,6 +1038,7 @@ impl ReportStore {
             let tx = self.conn.transaction()?;
             let value = write(&tx)?;
             tx.commit()?;
+            self.anchor_head()?;
             Ok(value)
         })();
         self.conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -916,6 +1127,8 @@ impl ReportStore {
     /// `preliminary` is asked for explicitly, the current draft. Audit what was written with
     /// [`ReportStore::record_export`].
     pub fn export_source(&self, study_uid: &str, preliminary: bool) -> Result<ExportSource> {
+        // Never export as signed a text that is not what was signed.
+        self.check_signed_versions(study_uid)?;
         let versions = self.versions(study_uid)?;
         let signed = versions.iter().find(|v| v.kind == VersionKind::Signed);
         let addenda: Vec<(String, String, String)> = versions
@@ -1100,6 +1313,142 @@ mod tests {
         assert_eq!(export.addenda.len(), 1);
         assert!(store.verify_audit().unwrap().is_intact());
         assert_eq!(store.integrity_check().unwrap(), "ok");
+    }
+
+    /// What an attacker with write access and a short script does: drop the triggers, change a
+    /// row, and re-hash the whole chain so that it links up again.
+    fn rewrite_and_rehash(dir: &Path, change: &str) {
+        let conn = Connection::open(dir.join(ReportStore::FILE_NAME)).unwrap();
+        conn.execute_batch(&format!(
+            "DROP TRIGGER IF EXISTS audit_no_update; DROP TRIGGER IF EXISTS audit_no_delete; {change}"
+        ))
+        .unwrap();
+        let entries: Vec<AuditEntry> = {
+            let mut stmt = conn
+                .prepare("SELECT id, at, user, action, object, detail, prev_hash, hash FROM audit ORDER BY id")
+                .unwrap();
+            stmt.query_map([], |r| {
+                Ok(AuditEntry {
+                    id: r.get(0)?,
+                    at: r.get(1)?,
+                    user: r.get(2)?,
+                    action: r.get(3)?,
+                    object: r.get(4)?,
+                    detail: r.get(5)?,
+                    prev_hash: r.get(6)?,
+                    hash: r.get(7)?,
+                })
+            })
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+        };
+        let mut prev = GENESIS_HASH.to_owned();
+        for mut e in entries {
+            e.prev_hash = prev.clone();
+            e.hash = e.compute_hash();
+            conn.execute(
+                "UPDATE audit SET prev_hash = ?1, hash = ?2 WHERE id = ?3",
+                params![e.prev_hash, e.hash, e.id],
+            )
+            .unwrap();
+            prev = e.hash;
+        }
+    }
+
+    fn anchored(dir: &Path, anchors: &Path) -> ReportStore {
+        let mut store = ReportStore::open(dir).unwrap();
+        store.set_anchor(AuditAnchor::in_dir(anchors, dir).unwrap()).unwrap();
+        store
+    }
+
+    #[test]
+    fn a_rehashed_chain_cut_off_rows_and_unkeyed_rows_are_found_by_the_anchor() {
+        let (dir, anchors) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let build = || {
+            let mut store = anchored(dir.path(), anchors.path());
+            store.add_user("dr.kim", Role::Reader).unwrap();
+            store.record_open("dr.kim", "1.2.3").unwrap();
+            store.set_decision("dr.kim", "1.2.3", "ptx", &FindingDecision::Accepted).unwrap();
+            store.record_open("dr.kim", "1.2.4").unwrap();
+            assert!(store.verify_audit().unwrap().is_intact());
+        };
+        build();
+        // A changed row, the chain re-hashed: the chain alone is fooled, the anchor is not.
+        rewrite_and_rehash(dir.path(), "UPDATE audit SET user = 'someone' WHERE id = 2;");
+        assert!(
+            ReportStore::open(dir.path()).unwrap().verify_audit().unwrap().is_intact(),
+            "the plain chain is fooled"
+        );
+        let verdict = anchored(dir.path(), anchors.path()).verify_audit().unwrap();
+        assert!(verdict.first_broken.as_ref().is_some_and(|b| b.reason.contains("rewritten")), "{verdict:?}");
+
+        // The newest rows cut off.
+        let (dir2, anchors2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        {
+            let mut store = anchored(dir2.path(), anchors2.path());
+            store.record_open("dr.kim", "1.2.3").unwrap();
+            store.record_open("dr.kim", "1.2.4").unwrap();
+            store.record_open("dr.kim", "1.2.5").unwrap();
+        }
+        rewrite_and_rehash(dir2.path(), "DELETE FROM audit WHERE id >= 2;");
+        assert!(
+            ReportStore::open(dir2.path()).unwrap().verify_audit().unwrap().is_intact(),
+            "the plain chain is fooled"
+        );
+        let verdict = anchored(dir2.path(), anchors2.path()).verify_audit().unwrap();
+        assert!(verdict.first_broken.as_ref().is_some_and(|b| b.reason.contains("cut off")), "{verdict:?}");
+
+        // A row added without the key (by a store opened without the anchor).
+        let (dir3, anchors3) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        anchored(dir3.path(), anchors3.path()).record_open("dr.kim", "1.2.3").unwrap();
+        ReportStore::open(dir3.path()).unwrap().record_open("intruder", "1.2.3").unwrap();
+        let verdict = anchored(dir3.path(), anchors3.path()).verify_audit().unwrap();
+        assert!(
+            verdict.first_broken.as_ref().is_some_and(|b| b.reason.contains("without the anchor key")),
+            "{verdict:?}"
+        );
+
+        // An altered anchor file.
+        let head = std::fs::read_dir(anchors3.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().contains("audit-head"))
+            .unwrap();
+        let text = std::fs::read_to_string(&head).unwrap().replace("\"rows\":1", "\"rows\":2");
+        std::fs::write(&head, text).unwrap();
+        let verdict = anchored(dir3.path(), anchors3.path()).verify_audit().unwrap();
+        assert!(verdict.first_broken.as_ref().is_some_and(|b| b.reason.contains("anchor")), "{verdict:?}");
+    }
+
+    #[test]
+    fn a_signed_text_changed_behind_the_triggers_is_caught_on_show_export_and_verify() {
+        let (dir, mut store) = store();
+        let inputs = inputs();
+        let mut report = draft(&inputs, &Decisions::new(), Lang::En);
+        report.set_section_text(SectionId::Impression, "Right pneumothorax, moderate.");
+        store.save_draft("dr.kim", "1.2.3", &report).unwrap();
+        store.sign("dr.kim", "1.2.3").unwrap();
+        assert!(store.verify_signed_versions(None).unwrap().is_empty());
+        drop(store);
+        // Drop the trigger, change the signed text, and recompute its stored hash too.
+        let conn = Connection::open(dir.path().join(ReportStore::FILE_NAME)).unwrap();
+        conn.execute_batch(
+            "DROP TRIGGER signed_versions_are_immutable;
+             UPDATE versions SET body = replace(body, 'moderate', 'small') WHERE kind = 'signed';",
+        )
+        .unwrap();
+        let body: String = conn.query_row("SELECT body FROM versions WHERE kind = 'signed'", [], |r| r.get(0)).unwrap();
+        conn.execute("UPDATE versions SET content_sha256 = ?1 WHERE kind = 'signed'", [sha256_hex(body.as_bytes())])
+            .unwrap();
+        drop(conn);
+        let store = ReportStore::open(dir.path()).unwrap();
+        let tampered = store.verify_signed_versions(None).unwrap();
+        assert_eq!(tampered.len(), 1, "{tampered:?}");
+        assert!(tampered[0].reason.contains("differs from what was signed"), "{tampered:?}");
+        assert!(matches!(store.export_source("1.2.3", false), Err(Error::Tampered { .. })));
+        assert!(matches!(store.check_signed_versions("1.2.3"), Err(Error::Tampered { .. })));
     }
 
     #[test]

@@ -10,6 +10,9 @@
 //! * `bench-ai`: set up, create the onnxruntime peer's venv, run the AI latency benchmark.
 //! * `bench-pacs`: set up (Orthanc, DCMTK), create the pynetdicom peer's venv, run the PACS
 //!   retrieve benchmark.
+//! * `fuzz [--smoke] [--seconds N] [--runs N] [TARGET...]`: build the cargo-fuzz targets in
+//!   `fuzz/` (libFuzzer + AddressSanitizer on the stable toolchain through `RUSTC_BOOTSTRAP=1`),
+//!   seed their corpora from the test corpora, and run each in turn (see `fuzz/README.md`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -55,8 +58,9 @@ fn main() -> Result<()> {
         "bench" => bench(&root),
         "bench-ai" => bench_ai(&root),
         "bench-pacs" => bench_pacs(&root),
+        "fuzz" => fuzz(&root, &std::env::args().skip(2).collect::<Vec<_>>()),
         _ => {
-            eprintln!("usage: cargo xtask <setup|demo|test|check-deps|bench|bench-ai|bench-pacs>");
+            eprintln!("usage: cargo xtask <setup|demo|test|check-deps|bench|bench-ai|bench-pacs|fuzz>");
             bail!("unknown task {task:?}")
         }
     }
@@ -404,4 +408,156 @@ fn check_deps(root: &Path) -> Result<()> {
     ensure!(failures.is_empty(), "crate boundary violations:\n  {}", failures.join("\n  "));
     eprintln!("crate boundaries: ok");
     Ok(())
+}
+
+/// The cargo-fuzz targets (`fuzz/Cargo.toml`), in campaign order.
+const FUZZ_TARGETS: &[&str] = &[
+    "dicom_parse",
+    "decode_rle",
+    "decode_jpeg",
+    "decode_jpegls_j2k",
+    "pdu_reader",
+    "dicomweb_multipart",
+    "zip_dicomdir_import",
+    "manifest_toml",
+];
+
+/// The cargo-fuzz release `cargo xtask fuzz` installs when `cargo fuzz` is missing.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// Largest seed and input (bytes) of a campaign.
+const FUZZ_MAX_LEN: usize = 256 * 1024;
+
+/// `cargo xtask fuzz [--smoke] [--seconds N] [--runs N] [TARGET...]`: builds every fuzz target
+/// (libFuzzer, AddressSanitizer; `RUSTC_BOOTSTRAP=1` lets cargo-fuzz's `-Z` flags through the
+/// stable toolchain), seeds `fuzz/corpus/<target>/` from the test corpora and the models'
+/// manifests, then runs each target over its corpus and `fuzz/regressions/<target>/` until it
+/// has run N seconds (`--smoke`: 5) or N executions, whichever comes first. Prints executions,
+/// `cov` and `ft` per target; fails if any target finds a crash (the input is in
+/// `fuzz/artifacts/<target>/`).
+fn fuzz(root: &Path, args: &[String]) -> Result<()> {
+    let mut seconds: Option<u64> = None;
+    let mut runs: Option<u64> = None;
+    let mut targets = Vec::new();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--smoke" => seconds = Some(5),
+            "--seconds" => seconds = Some(args.next().context("--seconds needs a value")?.parse()?),
+            "--runs" => runs = Some(args.next().context("--runs needs a value")?.parse()?),
+            t if FUZZ_TARGETS.contains(&t) => targets.push(t),
+            other => bail!("unknown fuzz argument {other:?} (targets: {})", FUZZ_TARGETS.join(", ")),
+        }
+    }
+    if targets.is_empty() {
+        targets = FUZZ_TARGETS.to_vec();
+    }
+    if seconds.is_none() && runs.is_none() {
+        seconds = Some(60);
+    }
+    let dir = root.join("fuzz");
+    let has_cargo_fuzz = cargo().args(["fuzz", "--version"]).output().is_ok_and(|o| o.status.success());
+    if !has_cargo_fuzz {
+        run(cargo().args(["install", "--locked", "cargo-fuzz", "--version", CARGO_FUZZ_VERSION]))?;
+    }
+    // Seeds: generated from the provisioned corpora (never committed), hash-named so reruns add
+    // nothing twice.
+    let data = data_dir(root);
+    let venv_python = data.join("venv-pydicom/bin/python");
+    let python = if venv_python.is_file() { venv_python } else { PathBuf::from("python3") };
+    if data.join("pydicom-test-files").is_dir() {
+        run(Command::new(python)
+            .args(["-W", "ignore"])
+            .arg(dir.join("seeds.py"))
+            .arg(&data)
+            .arg(root.join("models"))
+            .arg(dir.join("corpus"))
+            .arg(FUZZ_MAX_LEN.to_string()))?;
+    } else {
+        eprintln!("no test corpora in {} (cargo xtask setup): fuzzing from the regression inputs only", data.display());
+    }
+    let fuzz_cargo = || {
+        let mut cmd = cargo();
+        cmd.current_dir(&dir).env("RUSTC_BOOTSTRAP", "1");
+        // What `cargo run` set for xtask itself would reach the fuzz build's compilers and build
+        // scripts, change their fingerprints and rebuild everything.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if key.starts_with("CARGO_PKG_")
+                || ["CARGO_MANIFEST_DIR", "CARGO_MANIFEST_PATH", "CARGO_CRATE_NAME", "CARGO_BIN_NAME"]
+                    .contains(&key.as_ref())
+            {
+                cmd.env_remove(key.as_ref());
+            }
+        }
+        cmd
+    };
+    let started = std::time::Instant::now();
+    run(fuzz_cargo().args(["fuzz", "build"]))?;
+    eprintln!("fuzz targets built in {:.0} s", started.elapsed().as_secs_f64());
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let mut table = Vec::new();
+    let mut failed = Vec::new();
+    for target in targets {
+        let corpus = dir.join("corpus").join(target);
+        std::fs::create_dir_all(&corpus)?;
+        let mut cmd = fuzz_cargo();
+        cmd.args(["fuzz", "run", target]).arg(&corpus).arg(dir.join("regressions").join(target));
+        cmd.args(["--", "-workers=1", "-print_final_stats=1"]).arg(format!("-max_len={FUZZ_MAX_LEN}"));
+        if let Some(s) = seconds {
+            cmd.arg(format!("-max_total_time={s}"));
+        }
+        if let Some(n) = runs {
+            cmd.arg(format!("-runs={n}"));
+        }
+        eprintln!("$ {cmd:?}");
+        let t0 = std::time::Instant::now();
+        let out = cmd.output().with_context(|| format!("cannot start {cmd:?}"))?;
+        let wall = t0.elapsed().as_secs_f64();
+        let log = String::from_utf8_lossy(&out.stderr).into_owned();
+        std::fs::write(logs.join(format!("{target}.log")), &log)?;
+        let stats = fuzz_stats(&log);
+        table.push(format!(
+            "| {target} | {} | {} | {} | {} | {wall:.0} s |",
+            stats.0,
+            stats.1,
+            stats.2,
+            if out.status.success() { "0" } else { "CRASH" }
+        ));
+        if !out.status.success() {
+            eprintln!(
+                "{}",
+                log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+            failed.push(target);
+        }
+    }
+    println!("| target | executions | cov | ft | crashes | wall time |\n|---|---|---|---|---|---|");
+    for row in &table {
+        println!("{row}");
+    }
+    ensure!(failed.is_empty(), "fuzz targets crashed: {} (inputs in fuzz/artifacts/)", failed.join(", "));
+    Ok(())
+}
+
+/// (executions, cov, ft) from libFuzzer's last status line (`#N ... cov: C ft: F ...`) and its
+/// final `stat::number_of_executed_units`.
+fn fuzz_stats(log: &str) -> (String, String, String) {
+    let field = |line: &str, name: &str| {
+        let mut words = line.split_whitespace();
+        words.by_ref().find(|w| *w == name);
+        words.next().map(str::to_owned)
+    };
+    let last = log.lines().rev().find(|l| l.starts_with('#') && l.contains(" cov: ")).unwrap_or_default();
+    let executed = log
+        .lines()
+        .find_map(|l| l.strip_prefix("stat::number_of_executed_units:").map(|n| n.trim().to_owned()))
+        .or_else(|| last.split_whitespace().next().map(|n| n.trim_start_matches('#').to_owned()));
+    let unknown = || "?".to_owned();
+    (
+        executed.unwrap_or_else(unknown),
+        field(last, "cov:").unwrap_or_else(unknown),
+        field(last, "ft:").unwrap_or_else(unknown),
+    )
 }

@@ -32,7 +32,9 @@ pub enum StoreRequest {
 
 /// Replies from the store thread.
 pub enum StoreReply {
-    Studies(Vec<StudyRow>),
+    /// The studies matching the query, and how many instances the store keeps aside as
+    /// conflicts (same instance with other content, a study of another patient).
+    Studies(Vec<StudyRow>, usize),
     Series {
         study_uid: String,
         series: Vec<SeriesRow>,
@@ -104,7 +106,7 @@ impl StoreWorker {
 
 fn answer(store: &mut Store, request: StoreRequest) -> pacs::Result<StoreReply> {
     Ok(match request {
-        StoreRequest::Studies(q) => StoreReply::Studies(store.studies(&q)?),
+        StoreRequest::Studies(q) => StoreReply::Studies(store.studies(&q)?, store.conflicts()?.len()),
         StoreRequest::Series(study_uid) => {
             let series = store.series(&study_uid)?;
             let mut first_paths = Vec::new();
@@ -167,6 +169,8 @@ pub struct Browser {
     pub series: Vec<SeriesRow>,
     pub thumbnails: HashMap<String, Option<egui::TextureHandle>>,
     pub dirty: bool,
+    /// Instances kept aside as conflicts in the store (shown until someone resolves them).
+    pub conflicts: usize,
 }
 
 /// What the user did in the browser.
@@ -176,6 +180,8 @@ pub struct BrowserOutput {
     pub select_study: Option<String>,
     /// Double-click: open the whole study with a hanging protocol.
     pub open_study: Option<String>,
+    /// Context menu: write a de-identified copy of the study.
+    pub export_anonymised: Option<String>,
 }
 
 impl Browser {
@@ -224,6 +230,15 @@ pub fn browser_ui(ui: &mut egui::Ui, b: &mut Browser, lang: Lang) -> BrowserOutp
             ui.add(egui::TextEdit::singleline(&mut b.date_to).desired_width(80.0).hint_text("YYYYMMDD")).changed();
     });
     ui.separator();
+    if b.conflicts > 0 {
+        ui.colored_label(
+            egui::Color32::from_rgb(240, 170, 60),
+            format!("{} {}", b.conflicts, lang.tr("instance(s) kept aside as conflicts: see lucent verify")),
+        )
+        .on_hover_text(lang.tr(
+            "Same instance with other content, or a study the store holds under another patient: not filed, kept in the store's conflicts folder",
+        ));
+    }
     if b.studies.is_empty() {
         ui.weak(lang.tr("No studies in the store"));
     }
@@ -248,6 +263,12 @@ pub fn browser_ui(ui: &mut egui::Ui, b: &mut Browser, lang: Lang) -> BrowserOutp
                 out.select_study = Some(study.study_uid.clone());
                 out.open_study = Some(study.study_uid.clone());
             }
+            response.context_menu(|ui| {
+                if ui.button(lang.tr("Export anonymised")).clicked() {
+                    out.export_anonymised = Some(study.study_uid.clone());
+                    ui.close();
+                }
+            });
         }
     });
     ui.separator();

@@ -123,6 +123,12 @@ const KO: &[(&str, &str)] = &[
     ("Receiver (Store SCP)", "수신기 (Store SCP)"),
     ("Allowed senders", "허용된 송신자"),
     ("saved PACS nodes only", "저장된 PACS 노드만"),
+    ("Export anonymised", "익명화하여 내보내기"),
+    ("instance(s) kept aside as conflicts: see lucent verify", "개 인스턴스가 충돌로 보류됨: lucent verify 참조"),
+    (
+        "Same instance with other content, or a study the store holds under another patient: not filed, kept in the store's conflicts folder",
+        "같은 인스턴스의 다른 내용, 또는 다른 환자로 저장된 검사: 저장하지 않고 저장소의 conflicts 폴더에 보관",
+    ),
     ("Listen on the network", "네트워크에서 수신"),
     ("Otherwise only programs on this computer can send", "해제하면 이 컴퓨터의 프로그램만 보낼 수 있습니다"),
     ("Stop", "중지"),

@@ -150,6 +150,8 @@ pub struct LucentApp {
     repaint: Arc<dyn Fn() + Send + Sync>,
     dialog: Option<Receiver<Vec<PathBuf>>>,
     import: Option<jobs::ImportJob>,
+    /// A de-identified export in progress (`lucent anonymize` on a study, on its own thread).
+    anonymize: Option<Receiver<Result<crate::anonymize::AnonymizeSummary, String>>>,
     /// Windows to apply when series open, by viewport (from a hanging protocol).
     pending_windows: std::collections::HashMap<usize, pacs::Window>,
     /// Measurements per study UID (loaded from the store when a study is first shown).
@@ -208,6 +210,7 @@ impl LucentApp {
             repaint: repaint.clone(),
             dialog: None,
             import: None,
+            anonymize: None,
             pending_windows: std::collections::HashMap::new(),
             measurements: std::collections::HashMap::new(),
             pacs,
@@ -273,6 +276,25 @@ impl LucentApp {
             i.raw.dropped_files.iter().map(|f| f.path().to_path_buf()).filter(|p| !p.as_os_str().is_empty()).collect()
         });
         self.start_import(dropped);
+        if let Some(done) = &self.anonymize
+            && let Ok(result) = done.try_recv()
+        {
+            self.anonymize = None;
+            self.status = match result {
+                Ok(s) => format!(
+                    "Anonymised copy: {} file(s) in {}; {} left out for burned-in annotation; {} skipped",
+                    s.written.len(),
+                    s.written
+                        .first()
+                        .and_then(|w| w.output.ancestors().nth(3))
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                    s.excluded_burned_in.len(),
+                    s.skipped.len()
+                ),
+                Err(e) => format!("Anonymised export failed: {e}"),
+            };
+        }
         if let Some(job) = &self.import
             && let Ok(result) = job.done.try_recv()
         {
@@ -338,6 +360,41 @@ impl LucentApp {
     }
 
     /// Opens a whole study laid out by the first hanging protocol that fits.
+    /// Writes a de-identified copy of a study (PS3.15 Annex E Basic Profile, dates kept shifted
+    /// per patient, images with burned-in annotation left out) to `exports/anonymised/` in the
+    /// data folder, on a worker thread; the status bar says where and what was left out.
+    pub fn export_anonymised(&mut self, study_uid: String) {
+        if self.anonymize.is_some() {
+            self.status = "An anonymised export is already running".into();
+            return;
+        }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let (store_dir, repaint) = (self.store_dir.clone(), self.repaint.clone());
+        let out = crate::config::data_dir().join("exports").join("anonymised").join(format!(
+            "{}",
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+        ));
+        let spawned = std::thread::Builder::new().name("lucent-anonymize".into()).spawn(move || {
+            let result = (|| -> anyhow::Result<crate::anonymize::AnonymizeSummary> {
+                let store = pacs::store::Store::open_reader(&store_dir)?;
+                let mut files = Vec::new();
+                for series in store.series(&study_uid)? {
+                    files.extend(store.series_paths(&series.series_uid)?);
+                }
+                crate::anonymize::anonymize_paths(&files, &out, None, pacs::deid::DateShift::PerPatient, false)
+            })();
+            let _ = tx.send(result.map_err(|e| format!("{e:#}")));
+            repaint();
+        });
+        match spawned {
+            Ok(_) => {
+                self.anonymize = Some(rx);
+                self.status = "Writing an anonymised copy of the study…".into();
+            }
+            Err(e) => self.status = format!("Cannot start the anonymised export: {e}"),
+        }
+    }
+
     pub fn open_study(&mut self, study_uid: String) {
         if let Some(row) = self.browser.studies.iter().find(|s| s.study_uid == study_uid) {
             self.pacs.prefetch_priors(row);
@@ -385,7 +442,8 @@ impl LucentApp {
         }
         while let Ok(reply) = self.store.replies.try_recv() {
             match reply {
-                StoreReply::Studies(studies) => {
+                StoreReply::Studies(studies, conflicts) => {
+                    self.browser.conflicts = conflicts;
                     if self.auto_open {
                         self.auto_open_demo(&studies);
                     }
@@ -873,6 +931,9 @@ impl eframe::App for LucentApp {
             }
             if let Some(study) = out.open_study {
                 self.open_study(study);
+            }
+            if let Some(study) = out.export_anonymised {
+                self.export_anonymised(study);
             }
         });
         egui::Panel::right("ai").default_size(300.0).resizable(true).show(ui, |ui| {

@@ -16,6 +16,7 @@ use pacs::net::{
     FindQuery, NodeBook, PacsNode, RetrieveOptions, RetrieveProgress, RetrieveRequest, ScpConfig, ScpEvent, ScpHandle,
     SeriesMatch, StudyMatch,
 };
+use pacs::secrets::Secret;
 use serde::{Deserialize, Serialize};
 
 use super::i18n::Lang;
@@ -140,8 +141,8 @@ pub struct PacsOutput {
     pub status: Option<String>,
 }
 
-/// A node being edited in the window.
-#[derive(Debug, Clone, Default)]
+/// A node being edited in the window. (Its `Debug` hides the password or token.)
+#[derive(Clone, Default)]
 struct NodeEditor {
     web: bool,
     name: String,
@@ -157,9 +158,27 @@ struct NodeEditor {
     base_url: String,
     auth: usize,
     user: String,
+    /// A new password or token as typed; empty keeps [`kept_secret`](Self::kept_secret).
     secret: String,
+    /// The edited node's password or token, with its auth kind (1 basic, 2 bearer), kept when
+    /// none is typed.
+    kept_secret: Option<(usize, Secret)>,
+    /// Send credentials even over plain http:// to a host other than loopback.
+    allow_plain_http_credentials: bool,
     timeout_s: f64,
     error: String,
+}
+
+impl std::fmt::Debug for NodeEditor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeEditor")
+            .field("web", &self.web)
+            .field("name", &self.name)
+            .field("base_url", &self.base_url)
+            .field("auth", &self.auth)
+            .field("secret", &"***")
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -882,10 +901,11 @@ fn editor_for(peer: &Peer) -> NodeEditor {
             ..NodeEditor::default()
         },
         Peer::Web(n) => {
-            let (auth, user, secret) = match &n.auth {
-                WebAuth::None => (0, String::new(), String::new()),
-                WebAuth::Basic { user, password } => (1, user.clone(), password.clone()),
-                WebAuth::Bearer { token } => (2, String::new(), token.clone()),
+            // The stored secret is not shown; an empty field keeps it.
+            let (auth, user, kept_secret) = match &n.auth {
+                WebAuth::None => (0, String::new(), None),
+                WebAuth::Basic { user, password } => (1, user.clone(), Some((1, password.clone()))),
+                WebAuth::Bearer { token } => (2, String::new(), Some((2, token.clone()))),
             };
             NodeEditor {
                 web: true,
@@ -893,7 +913,8 @@ fn editor_for(peer: &Peer) -> NodeEditor {
                 base_url: n.base_url.clone(),
                 auth,
                 user,
-                secret,
+                kept_secret,
+                allow_plain_http_credentials: n.allow_plain_http_credentials,
                 timeout_s: n.timeout_s,
                 ..NodeEditor::default()
             }
@@ -947,8 +968,23 @@ fn editor_ui(ctx: &egui::Context, p: &mut PacsPanel, lang: Lang) {
                 }
                 if e.auth > 0 {
                     let label = ui.label(if e.auth == 1 { lang.tr("Password") } else { "Token" });
-                    ui.add(egui::TextEdit::singleline(&mut e.secret).password(true)).labelled_by(label.id);
+                    let kept = e.kept_secret.as_ref().is_some_and(|(kind, _)| *kind == e.auth);
+                    ui.add(egui::TextEdit::singleline(&mut e.secret).password(true).hint_text(if kept {
+                        "(unchanged)"
+                    } else {
+                        ""
+                    }))
+                    .labelled_by(label.id);
                     ui.end_row();
+                    if e.base_url.trim().get(..7).is_some_and(|s| s.eq_ignore_ascii_case("http://")) {
+                        ui.label("");
+                        ui.checkbox(&mut e.allow_plain_http_credentials, lang.tr("Allow credentials over plain HTTP"))
+                            .on_hover_text(
+                                "Anyone on the network path can read them. Use an https:// URL when the \
+                                 server has one; this machine's loopback (localhost) is always allowed.",
+                            );
+                        ui.end_row();
+                    }
                 }
             } else {
                 let label = ui.label(lang.tr("AE title"));
@@ -999,9 +1035,14 @@ fn editor_ui(ctx: &egui::Context, p: &mut PacsPanel, lang: Lang) {
         } else if e.web {
             let mut node = WebNode::new(&name, e.base_url.trim());
             node.timeout_s = e.timeout_s;
+            node.allow_plain_http_credentials = e.allow_plain_http_credentials;
+            let secret = match &e.kept_secret {
+                Some((kind, kept)) if *kind == e.auth && e.secret.is_empty() => kept.clone(),
+                _ => Secret::new(e.secret.clone()),
+            };
             node.auth = match e.auth {
-                1 => WebAuth::Basic { user: e.user.clone(), password: e.secret.clone() },
-                2 => WebAuth::Bearer { token: e.secret.clone() },
+                1 => WebAuth::Basic { user: e.user.clone(), password: secret },
+                2 => WebAuth::Bearer { token: secret },
                 _ => WebAuth::None,
             };
             DicomWebClient::new(&node).map_err(|err| err.to_string()).map(|_| {
@@ -1033,7 +1074,11 @@ fn editor_ui(ctx: &egui::Context, p: &mut PacsPanel, lang: Lang) {
                 p.save_book();
                 keep = false;
             }
-            Err(err) => e.error = err,
+            Err(err) => {
+                // In the editor beside its Save button, and in the window's message line.
+                p.message = format!("Node not saved: {err}");
+                e.error = err;
+            }
         }
     }
     if keep {

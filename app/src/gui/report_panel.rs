@@ -118,7 +118,7 @@ impl Worker {
             for request in rx.iter() {
                 let store = match &mut store {
                     Some(s) => s,
-                    None => match ReportStore::open(&store_dir) {
+                    None => match crate::reporting::open_report_store(&store_dir) {
                         Ok(s) => store.insert(s),
                         Err(e) => {
                             let _ = tx.send(Reply::Error(format!("Cannot open the report store: {e}")));

@@ -25,7 +25,7 @@
 //! wrong name, client certificate refused) or a TLS/plain mismatch gives
 //! [`Error::Tls`](crate::Error::Tls) naming `AE@host:port`.
 
-mod dimse;
+pub(crate) mod dimse;
 pub mod echo;
 pub mod find;
 pub mod node;
@@ -33,7 +33,7 @@ pub mod retrieve;
 pub mod scp;
 pub mod store_scu;
 pub mod syntax;
-mod tls;
+pub(crate) mod tls;
 
 pub use echo::{EchoVerdict, echo};
 pub use find::{

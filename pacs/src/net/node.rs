@@ -1,6 +1,12 @@
 //! PACS nodes the user configured (AE title, address, our AE title, timeouts, DICOM TLS), and the
 //! node book that keeps them in a JSON file, saved atomically.
 //!
+//! The book holds no secret: DICOMweb passwords and tokens are kept in a
+//! [`SecretStore`](crate::secrets::SecretStore) (the OS keyring, or an encrypted file beside the
+//! book) and the JSON holds only references to them. A book written by an older version, with
+//! secrets in plain text, is migrated when loaded: the secrets move to the store and the book is
+//! rewritten without them.
+//!
 //! This module only describes peers; it opens no connection.
 
 use std::path::{Path, PathBuf};
@@ -9,6 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::secrets::{SecretRef, SecretStore};
 
 /// Default time to open the TCP connection, seconds.
 pub const DEFAULT_CONNECT_TIMEOUT_S: f64 = 5.0;
@@ -118,6 +125,12 @@ fn invalid(reason: impl Into<String>) -> Error {
     Error::InvalidNode { reason: reason.into() }
 }
 
+/// The secret references in a node book's JSON (none when it cannot be read).
+fn references_in(text: &str) -> Vec<SecretRef> {
+    let Ok(book) = serde_json::from_str::<NodeBook>(text) else { return Vec::new() };
+    book.web.iter().filter_map(|n| n.auth.secret().and_then(|s| s.reference().cloned())).collect()
+}
+
 /// Checks an AE title: 1 to 16 characters of the default repertoire, no backslash or control
 /// characters, not only spaces.
 pub fn validate_ae_title(title: &str, what: &str) -> Result<()> {
@@ -144,25 +157,88 @@ pub struct NodeBook {
 }
 
 impl NodeBook {
-    /// Reads the book; a missing file is an empty book.
+    /// Reads the book with its secrets from [`SecretStore::beside`] the book; a missing file is
+    /// an empty book. See [`load_with`](Self::load_with).
     pub fn load(path: &Path) -> Result<Self> {
+        Self::load_with(path, &SecretStore::beside(path))
+    }
+
+    /// Reads the book; a missing file is an empty book. Each secret's value is read from its
+    /// store; one that cannot be read is left empty with a warning (connecting to that node then
+    /// says so), so the other nodes stay usable. Secrets found in plain text (older books) are
+    /// moved into `secrets` and the book is rewritten without them.
+    pub fn load_with(path: &Path, secrets: &SecretStore) -> Result<Self> {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
             Err(e) => return Err(Error::io(path, e)),
         };
-        serde_json::from_str(&text).map_err(|e| invalid(format!("cannot read the node book {}: {e}", path.display())))
+        // serde_json's messages may quote a value from the file (in an old book, a plain-text
+        // password): name only the position.
+        let mut book: Self = serde_json::from_str(&text).map_err(|e| {
+            invalid(format!("cannot read the node book {} (line {}, column {})", path.display(), e.line(), e.column()))
+        })?;
+        for node in &mut book.web {
+            let name = node.name.clone();
+            if let Some(secret) = node.auth.secret_mut()
+                && let Err(e) = secrets.resolve(secret)
+            {
+                tracing::warn!("DICOMweb node `{name}`: its secret could not be read: {e}");
+            }
+        }
+        let plain = book.web.iter().filter(|n| n.auth.secret().is_some_and(|s| s.needs_storing())).count();
+        if plain > 0 {
+            match book.save_in_place(path, secrets) {
+                Ok(()) => tracing::info!(
+                    "moved {plain} plain-text secret(s) out of the node book {} into {}",
+                    path.display(),
+                    secrets.kind()
+                ),
+                Err(e) => tracing::warn!(
+                    "the node book {} holds {plain} secret(s) in plain text and could not be migrated: {e}",
+                    path.display()
+                ),
+            }
+        }
+        Ok(book)
     }
 
-    /// Writes the book atomically (temp file beside it, fsync, rename, directory fsync).
+    /// Writes the book with new secrets put in [`SecretStore::beside`] the book. See
+    /// [`save_with`](Self::save_with).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let text = serde_json::to_string_pretty(self).map_err(|e| invalid(e.to_string()))?;
+        self.save_with(path, &SecretStore::beside(path))
+    }
+
+    /// Puts secrets not yet stored into `secrets`, writes the book (references only) atomically
+    /// (temp file beside it, 0600, fsync, rename, directory fsync), then removes from their
+    /// stores the secrets the previous book referred to and this one does not.
+    pub fn save_with(&self, path: &Path, secrets: &SecretStore) -> Result<()> {
+        self.clone().save_in_place(path, secrets)
+    }
+
+    /// [`save_with`](Self::save_with), keeping the references given to new secrets.
+    fn save_in_place(&mut self, path: &Path, secrets: &SecretStore) -> Result<()> {
+        for node in &mut self.web {
+            if let Some(secret) = node.auth.secret_mut() {
+                secrets.store(secret)?;
+            }
+        }
+        let before = std::fs::read_to_string(path).ok().map(|t| references_in(&t)).unwrap_or_default();
+        let text = serde_json::to_string_pretty(&*self).map_err(|e| invalid(e.to_string()))?;
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => std::path::PathBuf::from("."),
         };
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        crate::store::write_atomically(&dir, path, |f| std::io::Write::write_all(f, text.as_bytes()))
+        crate::store::create_private_dir(&dir)?;
+        crate::store::write_atomically(&dir, path, |f| std::io::Write::write_all(f, text.as_bytes()))?;
+        let now = references_in(&text);
+        let stale: Vec<SecretRef> = before.into_iter().filter(|r| !now.contains(r)).collect();
+        if !stale.is_empty()
+            && let Err(e) = secrets.remove(&stale)
+        {
+            tracing::warn!("{} secret(s) no longer used could not be removed: {e}", stale.len());
+        }
+        Ok(())
     }
 
     /// The node called `name` (exact match).
@@ -225,6 +301,36 @@ mod tests {
         assert!(PacsNode::new("x", "OK", "h", 1, "L").validate().is_ok());
         let half = PacsNode { tls: true, tls_cert_file: Some("c.pem".into()), ..PacsNode::new("x", "OK", "h", 1, "L") };
         assert!(half.validate().is_err());
+    }
+
+    #[test]
+    fn web_secrets_live_in_the_store_not_in_the_book() {
+        use crate::dicomweb::{WebAuth, WebNode};
+        use crate::secrets::{Secret, StoreKind};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nodes.json");
+        let store = SecretStore::with_kind(&path, StoreKind::File);
+        let mut book = NodeBook::default();
+        let mut web = WebNode::new("web", "https://pacs.example.org/dicom-web");
+        web.auth = WebAuth::Basic { user: "reader".into(), password: Secret::new("s3cret-pw") };
+        book.web.push(web);
+        book.save_with(&path, &store).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("s3cret-pw"), "{text}");
+        assert!(text.contains("\"store\": \"file\""), "{text}");
+        let loaded = NodeBook::load_with(&path, &store).unwrap();
+        assert_eq!(loaded, book);
+        // Removing the node removes its secret from the store.
+        let mut emptied = loaded.clone();
+        emptied.web.clear();
+        emptied.save_with(&path, &store).unwrap();
+        let mut again = loaded.web[0].auth.secret().unwrap().clone();
+        let mut unresolved: Secret = serde_json::from_str(&serde_json::to_string(&again).unwrap()).unwrap();
+        assert!(store.resolve(&mut unresolved).is_err());
+        // Saved again, it gets a new reference.
+        again = Secret::new("s3cret-pw");
+        store.store(&mut again).unwrap();
+        assert!(again.reference().is_some());
     }
 
     #[test]
