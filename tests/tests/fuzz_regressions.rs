@@ -42,6 +42,16 @@ fn every_fuzz_regression_input_is_handled_without_a_panic() {
     pacs::fuzzing::remove_scratch();
 }
 
+/// Open findings (`fuzz/regressions-open/`): inputs on which dicom-rs still reserves gigabytes after
+/// the `pacs::limits` pre-scan let them through (see `fuzz/README.md`). Ignored until fixed (each
+/// costs up to 4 GiB here); then the inputs move to `fuzz/regressions/`.
+#[test]
+#[ignore = "open fuzz findings: gigabyte allocations until pacs::limits refuses these inputs"]
+fn open_fuzz_findings_are_handled_without_a_panic() {
+    replay(&fuzz_dir("regressions-open"));
+    pacs::fuzzing::remove_scratch();
+}
+
 fn replay(root: &Path) {
     let mut replayed = 0;
     for (target, run) in TARGETS {
