@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::attrs::{InstanceInfo, items, string};
 use crate::error::{Error, Result};
 use crate::file;
-use crate::store::{Conflict, Store, StoredInstance, validate_identity};
+use crate::store::{Conflict, Store, StoredCopy, StoredInstance, validate_identity};
 
 /// SOP Class of a DICOMDIR (Media Storage Directory Storage).
 const MEDIA_STORAGE_DIRECTORY: &str = "1.2.840.10008.1.3.10";
@@ -248,9 +248,9 @@ fn import_one(store: &Store, source: &Source) -> Outcome {
             }
             // Already stored: a duplicate only when the bytes are the same; otherwise the copy
             // below is kept aside as a conflict (never dropped, never filed over the other).
-            match store.holds_identical_file(&info.sop_instance_uid, path) {
-                Ok(true) => return Outcome::Duplicate(Box::new(info)),
-                Ok(false) => {}
+            match store.stored_copy_of_file(&info.sop_instance_uid, path) {
+                Ok(StoredCopy::Identical) => return Outcome::Duplicate(Box::new(info)),
+                Ok(StoredCopy::Absent | StoredCopy::Different) => {}
                 Err(e) => return skip(e.to_string()),
             }
             match store.copy_file(&info, path) {
@@ -273,9 +273,9 @@ fn import_one(store: &Store, source: &Source) -> Outcome {
             if let Some(reason) = refuse(&info) {
                 return skip(reason);
             }
-            match store.holds_identical(&info.sop_instance_uid, &bytes) {
-                Ok(true) => return Outcome::Duplicate(Box::new(info)),
-                Ok(false) => {}
+            match store.stored_copy(&info.sop_instance_uid, &bytes) {
+                Ok(StoredCopy::Identical) => return Outcome::Duplicate(Box::new(info)),
+                Ok(StoredCopy::Absent | StoredCopy::Different) => {}
                 Err(e) => return skip(e.to_string()),
             }
             match store.write_file(&info, &bytes) {

@@ -70,6 +70,19 @@ impl Limits {
         })
     }
 
+    /// Checks the size of a whole object (`what`: what it is, for the message).
+    pub fn check_object(&self, what: &'static str, size: u64) -> Result<()> {
+        if size > self.max_object_bytes {
+            return Err(Error::LimitExceeded {
+                what,
+                size,
+                limit: self.max_object_bytes,
+                setting: "LUCENT_MAX_OBJECT_MB",
+            });
+        }
+        Ok(())
+    }
+
     /// Checks a frame's decoded size before anything is allocated for it.
     pub fn check_frame(&self, rows: u32, columns: u32, samples: u16, bytes_per_sample: u32) -> Result<u64> {
         let bytes = u64::from(rows) * u64::from(columns) * u64::from(samples) * u64::from(bytes_per_sample);
@@ -181,14 +194,7 @@ impl Encoding {
 /// Data when `stop_at_pixel_data`.
 pub(crate) fn prescan_bytes(bytes: &[u8], stop_at_pixel_data: bool) -> Result<()> {
     let limits = Limits::current();
-    if bytes.len() as u64 > limits.max_object_bytes {
-        return Err(Error::LimitExceeded {
-            what: "DICOM object",
-            size: bytes.len() as u64,
-            limit: limits.max_object_bytes,
-            setting: "LUCENT_MAX_OBJECT_MB",
-        });
-    }
+    limits.check_object("DICOM object", bytes.len() as u64)?;
     let mut source = SliceSource { bytes, pos: 0 };
     prescan_part10(&mut source, stop_at_pixel_data, limits)
 }
@@ -221,14 +227,7 @@ fn inflate_capped(compressed: &[u8], limits: &Limits) -> Result<Vec<u8>> {
         .take(limits.max_object_bytes.saturating_add(1))
         .read_to_end(&mut inflated)
         .map_err(|e| Error::NotDicom { reason: format!("the deflated data set does not inflate: {e}") })?;
-    if inflated.len() as u64 > limits.max_object_bytes {
-        return Err(Error::LimitExceeded {
-            what: "inflated data set",
-            size: inflated.len() as u64,
-            limit: limits.max_object_bytes,
-            setting: "LUCENT_MAX_OBJECT_MB",
-        });
-    }
+    limits.check_object("inflated data set", inflated.len() as u64)?;
     Ok(inflated)
 }
 

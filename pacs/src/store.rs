@@ -173,6 +173,17 @@ pub struct Conflict {
     pub detected_at: i64,
 }
 
+/// How an instance compares with what the store holds under its SOP Instance UID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredCopy {
+    /// Not stored.
+    Absent,
+    /// Stored with exactly these bytes.
+    Identical,
+    /// Stored with other bytes.
+    Different,
+}
+
 /// What indexing a batch did.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct IndexOutcome {
@@ -395,20 +406,24 @@ impl Store {
             .map(|rel| self.root.join(rel)))
     }
 
-    /// Whether `bytes` are exactly the stored copy of the instance `sop_uid` (false when it is
-    /// not stored, or its file cannot be read).
-    pub fn holds_identical(&self, sop_uid: &str, bytes: &[u8]) -> Result<bool> {
-        Ok(match self.instance_path(sop_uid)? {
-            Some(path) => same_content(&path, &mut std::io::Cursor::new(bytes)).unwrap_or(false),
-            None => false,
-        })
+    /// How `bytes` compare with the stored copy of the instance `sop_uid` (a stored file that
+    /// cannot be read counts as different).
+    pub fn stored_copy(&self, sop_uid: &str, bytes: &[u8]) -> Result<StoredCopy> {
+        self.compare_stored(sop_uid, &mut std::io::Cursor::new(bytes))
     }
 
-    /// Whether the file at `source` is exactly the stored copy of the instance `sop_uid`.
-    pub fn holds_identical_file(&self, sop_uid: &str, source: &Path) -> Result<bool> {
-        let Some(path) = self.instance_path(sop_uid)? else { return Ok(false) };
+    /// How the file at `source` compares with the stored copy of the instance `sop_uid`.
+    pub fn stored_copy_of_file(&self, sop_uid: &str, source: &Path) -> Result<StoredCopy> {
         let mut src = std::fs::File::open(source).map_err(|e| Error::io(source, e))?;
-        Ok(same_content(&path, &mut src).unwrap_or(false))
+        self.compare_stored(sop_uid, &mut src)
+    }
+
+    fn compare_stored(&self, sop_uid: &str, other: &mut impl Read) -> Result<StoredCopy> {
+        Ok(match self.instance_path(sop_uid)? {
+            None => StoredCopy::Absent,
+            Some(path) if same_content(&path, other).unwrap_or(false) => StoredCopy::Identical,
+            Some(_) => StoredCopy::Different,
+        })
     }
 
     /// A handle that writes files into this store from any thread (indexing stays with the `Store`).
@@ -426,17 +441,8 @@ impl Store {
     /// Keeps a file aside as a conflict (not filed; recorded by [`Store::index`]).
     pub fn keep_aside(&self, info: &InstanceInfo, bytes: &[u8], kind: ConflictKind) -> Result<StoredInstance> {
         let files = self.files();
-        let tmp = files.temp_path()?;
-        let written = (|| {
-            let mut f = create_private_file(&tmp)?;
-            f.write_all(bytes)?;
-            f.sync_all()
-        })();
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(Error::io(&tmp, e));
-        }
-        files.set_aside(info, &tmp, bytes.len() as u64, kind)
+        let staged = files.stage(info, &[bytes])?;
+        files.set_aside(info, &staged.tmp, staged.stored.size_bytes, kind)
     }
 
     /// Indexes placed files in one transaction. An instance already indexed at the same place is a
@@ -820,10 +826,8 @@ impl StoreFiles {
     /// Writes the concatenation of `parts` (e.g. a Part 10 header and a received data set)
     /// at the instance's place in the store (not yet indexed).
     pub fn write(&self, info: &InstanceInfo, parts: &[&[u8]]) -> Result<StoredInstance> {
-        self.write_with(info, |f| {
-            parts.iter().try_for_each(|p| f.write_all(p))?;
-            Ok(parts.iter().map(|p| p.len() as u64).sum())
-        })
+        let StagedFile { tmp, stored } = self.stage(info, parts)?;
+        self.place_staged(tmp, stored)
     }
 
     /// Writes what `write` writes (returning its length) at the instance's place.
@@ -832,32 +836,24 @@ impl StoreFiles {
         info: &InstanceInfo,
         write: impl FnOnce(&mut std::fs::File) -> std::io::Result<u64>,
     ) -> Result<StoredInstance> {
-        validate_identity(info)?;
-        let rel_path = Store::relative_path_for(info);
-        let dest = self.root.join(&rel_path);
-        let tmp = self.temp_path()?;
-        let written = (|| {
-            let mut f = create_private_file(&tmp)?;
-            let size = write(&mut f)?;
-            f.sync_all()?;
-            Ok(size)
-        })();
-        let size_bytes = match written {
-            Ok(size) => size,
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(Error::io(&dest, e));
-            }
-        };
+        let StagedFile { tmp, stored } = self.stage_with(info, write)?;
+        self.place_staged(tmp, stored)
+    }
+
+    /// Puts one staged file in place and syncs its folder; other content already there keeps it
+    /// aside as a conflict.
+    fn place_staged(&self, tmp: PathBuf, stored: StoredInstance) -> Result<StoredInstance> {
+        let dest = self.root.join(&stored.rel_path);
         let parent = dest.parent().unwrap_or(Path::new("."));
-        let stored = StoredInstance { info: info.clone(), rel_path, size_bytes, conflict: None };
         match self.place(&tmp, &dest) {
             Ok(Placed::New) => {
                 sync_dir(parent).map_err(|e| Error::io(parent, e))?;
                 Ok(stored)
             }
             Ok(Placed::Identical) => Ok(stored),
-            Ok(Placed::Differs) => self.set_aside(info, &tmp, size_bytes, ConflictKind::DifferentContent),
+            Ok(Placed::Differs) => {
+                self.set_aside(&stored.info, &tmp, stored.size_bytes, ConflictKind::DifferentContent)
+            }
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
                 Err(Error::io(&dest, e))
@@ -869,21 +865,38 @@ impl StoreFiles {
     /// in place: [`StoreFiles::commit`] a batch of them (the links, then one fsync per directory
     /// instead of one per file), then index it. Writer threads stage in parallel.
     pub fn stage(&self, info: &InstanceInfo, parts: &[&[u8]]) -> Result<StagedFile> {
+        self.stage_with(info, |f| {
+            parts.iter().try_for_each(|p| f.write_all(p))?;
+            Ok(parts.iter().map(|p| p.len() as u64).sum())
+        })
+    }
+
+    /// Writes a temp file of this process with `write` (which returns the length written) and
+    /// fsyncs it; the temp file is removed again when anything fails.
+    fn stage_with(
+        &self,
+        info: &InstanceInfo,
+        write: impl FnOnce(&mut std::fs::File) -> std::io::Result<u64>,
+    ) -> Result<StagedFile> {
         validate_identity(info)?;
         let rel_path = Store::relative_path_for(info);
-        let dest = self.root.join(&rel_path);
         let tmp = self.temp_path()?;
         let written = (|| {
             let mut f = create_private_file(&tmp)?;
-            parts.iter().try_for_each(|p| f.write_all(p))?;
-            f.sync_all()
+            let size = write(&mut f)?;
+            f.sync_all()?;
+            Ok(size)
         })();
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(Error::io(&dest, e));
+        match written {
+            Ok(size_bytes) => Ok(StagedFile {
+                tmp,
+                stored: StoredInstance { info: info.clone(), rel_path, size_bytes, conflict: None },
+            }),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(Error::io(self.root.join(&rel_path), e))
+            }
         }
-        let size_bytes = parts.iter().map(|p| p.len() as u64).sum();
-        Ok(StagedFile { tmp, stored: StoredInstance { info: info.clone(), rel_path, size_bytes, conflict: None } })
     }
 
     /// Puts staged (already synced) files in place: links each, then fsyncs each directory

@@ -46,7 +46,7 @@ use super::node::{seconds, validate_ae_title};
 use super::syntax::{STORAGE_SOP_CLASSES, is_storage_sop_class};
 use super::tls::{self, Transport};
 use crate::error::{Error, Result};
-use crate::store::{ConflictKind, Store, validate_identity};
+use crate::store::{ConflictKind, Store, StoredCopy, validate_identity};
 
 /// How the Store SCP listens.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -970,18 +970,18 @@ fn check_received(store: &Store, received: &dimse::Received, calling_ae: &str) -
         new,
     };
     // Already stored: success only when the bytes are the same; other content is a conflict.
-    match store.holds_identical(&info.sop_instance_uid, &received.bytes) {
-        Ok(true) => return Verdict::AlreadyThere(stored(false)),
-        Ok(false) => {}
+    let copy = match store.stored_copy(&info.sop_instance_uid, &received.bytes) {
+        Ok(StoredCopy::Identical) => return Verdict::AlreadyThere(stored(false)),
+        Ok(copy) => copy,
         Err(e) => return failed(STATUS_OUT_OF_RESOURCES, e.to_string(), &info.sop_instance_uid),
-    }
+    };
     // In the order placement and indexing find them: stored elsewhere, then other content at the
     // same place, then a study or series filed under another patient or study.
-    let conflict = match (store.precheck(&info), store.contains(&info.sop_instance_uid)) {
+    let conflict = match (store.precheck(&info), copy) {
         (Ok(Some(ConflictKind::InstanceElsewhere)), _) => Some(ConflictKind::InstanceElsewhere),
-        (Ok(_), Ok(true)) => Some(ConflictKind::DifferentContent),
-        (Ok(conflict), Ok(false)) => conflict,
-        (Err(e), _) | (_, Err(e)) => return failed(STATUS_OUT_OF_RESOURCES, e.to_string(), &info.sop_instance_uid),
+        (Ok(_), StoredCopy::Different) => Some(ConflictKind::DifferentContent),
+        (Ok(conflict), _) => conflict,
+        (Err(e), _) => return failed(STATUS_OUT_OF_RESOURCES, e.to_string(), &info.sop_instance_uid),
     };
     Verdict::New { stored: stored(true), info: Box::new(info), conflict }
 }
