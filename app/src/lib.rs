@@ -12,7 +12,7 @@
 //! * [`synth_cli`]: `synth-cxr` (CXR training data from the demo's generator), `score-cxr`, and
 //!   `synth-ct` (CT evaluation sets: scans with nodules, routine / quarter-dose pairs).
 //! * [`reporting`]: reading results to `report` inputs (sides, lobes, key images) and the exports (PDF, SR, FHIR).
-//! * [`report_cli`]: `read --report/--sr/--fhir/--lang`, `audit verify`, `report list|show|sign|addendum|add-user|stats`.
+//! * [`report_cli`]: `read --report/--sr/--fhir/--lang`, `audit verify`, `report list|show|sign|addendum|init-admin|add-user|rekey|passwd|users|stats`.
 //! * [`pacs_cli`]: `pacs echo|find|get|move|store|node` and `scp` (DIMSE through `pacs::net`).
 
 pub mod ai;

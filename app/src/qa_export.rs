@@ -23,7 +23,7 @@ use anyhow::{Context, Result};
 use pacs::sr::{LUCENT_SCHEME, SrCode, SrCompletion, SrDocument, SrFindingGroup, SrReview, SrStudy};
 use report::model::{AiFinding, BoxGeometry, FindingDecision, ImageRef, ReasonCode, ReportKind};
 use report::store::{AuditAction, QaReview};
-use report::{ReportStore, Role};
+use report::{Credential, ReportStore, Role};
 use serde::Serialize;
 
 use crate::reporting::{dicom_datetime, sr_group};
@@ -157,18 +157,17 @@ fn marks_document(study: SrStudy, modality: &str, groups: Vec<SrFindingGroup>, n
 }
 
 /// Exports every study's QA marks into `out_dir` (`marks.jsonl` and `qa-marks-<n>.dcm`), audited
-/// as an export by `user`, who must be a QA lead. `store_dir` holds the local image store.
+/// as an export by `qa_lead`, whose credential must be a QA lead's. `store_dir` holds the local
+/// image store.
 pub fn export_qa_marks(
     reports: &mut ReportStore,
     store_dir: &Path,
     out_dir: &Path,
-    user: &str,
+    qa_lead: &Credential,
     now: &str,
 ) -> Result<QaExportSummary> {
-    match reports.user(user)? {
-        Some(u) if u.role == Role::QaLead => {}
-        _ => anyhow::bail!("exporting review marks needs a QA lead profile (user {user:?} is not one)"),
-    }
+    reports.require(qa_lead, Role::QaLead).context("exporting review marks")?;
+    let user = qa_lead.name();
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let jsonl_path = out_dir.join("marks.jsonl");
     let mut jsonl = Vec::new();

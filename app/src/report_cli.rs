@@ -1,7 +1,14 @@
 //! The report verbs of the `lucent` command line: the export flags of `lucent read`
 //! (`--report`, `--sr`, `--fhir`, `--lang`), `lucent audit verify`, and `lucent report ...`
-//! (list, show, edit, sign, export, addendum, add-user, stats, qa-export). The report store is `reports.sqlite` in the
-//! study store folder (`--store`). Nothing printed or logged here names a patient.
+//! (list, show, edit, sign, export, addendum, init-admin, add-user, rekey, passwd, users, stats,
+//! qa-export). The report store is `reports.sqlite` in the study store folder (`--store`). Nothing
+//! printed or logged here names a patient.
+//!
+//! Signing, addenda, QA exports and user management unlock the acting user's signing key with
+//! their passphrase: from the file named by `LUCENT_PASSPHRASE_FILE`, else `LUCENT_PASSPHRASE`,
+//! else a prompt on the terminal. A new key's passphrase comes from `LUCENT_NEW_PASSPHRASE_FILE` /
+//! `LUCENT_NEW_PASSPHRASE` / a prompt (twice). Never from an argument, which every local user
+//! can read in the process list.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -10,7 +17,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use report::model::{Decisions, Lang};
 use report::store::{VersionBody, VersionKind};
-use report::{Role, SectionId};
+use report::{Passphrase, Role, SectionId};
 
 use crate::reporting::{self, ExportPaths};
 
@@ -52,7 +59,8 @@ pub enum ReportCommand {
     List,
     /// Print every version of a study's report.
     Show { study_uid: String },
-    /// Sign the current draft of a study's report (needs a reader profile).
+    /// Sign the current draft of a study's report with --user's key (a reader's; passphrase from
+    /// LUCENT_PASSPHRASE_FILE, LUCENT_PASSPHRASE or the terminal).
     Sign {
         study_uid: String,
         #[arg(long)]
@@ -99,13 +107,44 @@ pub enum ReportCommand {
         #[arg(long)]
         text: String,
     },
-    /// Add (or change) a local user profile.
+    /// Create the first administrator of this store (its key becomes the trust root). The new
+    /// passphrase comes from LUCENT_NEW_PASSPHRASE_FILE, LUCENT_NEW_PASSPHRASE or the terminal.
+    InitAdmin {
+        name: String,
+        /// reader or qa-lead: what the administrator also does.
+        #[arg(long)]
+        role: String,
+    },
+    /// An administrator (--as) adds a user with a first passphrase (LUCENT_NEW_PASSPHRASE...),
+    /// which the user changes with `passwd`.
     AddUser {
         name: String,
         /// reader or qa-lead
         #[arg(long)]
         role: String,
+        /// The new user may add users and issue keys too.
+        #[arg(long)]
+        admin: bool,
+        /// The administrator doing it (passphrase from LUCENT_PASSPHRASE...).
+        #[arg(long = "as", value_name = "ADMIN")]
+        as_admin: String,
     },
+    /// An administrator (--as) issues a new key for a user who forgot their passphrase (or
+    /// changes their role). What the old key signed still verifies; only the new key signs.
+    Rekey {
+        name: String,
+        /// The role of the new key (default: the user's current role).
+        #[arg(long)]
+        role: Option<String>,
+        #[arg(long)]
+        admin: bool,
+        #[arg(long = "as", value_name = "ADMIN")]
+        as_admin: String,
+    },
+    /// Change your own passphrase (old from LUCENT_PASSPHRASE..., new from LUCENT_NEW_PASSPHRASE...).
+    Passwd { name: String },
+    /// The users and every key they held (fingerprint, role, endorsed by, current or replaced).
+    Users,
     /// QA statistics per model version and label, as CSV (stdout, or --csv / --histogram files).
     Stats {
         #[arg(long, value_name = "OUT.csv")]
@@ -115,7 +154,7 @@ pub enum ReportCommand {
     },
     /// Export the QA reviewers' marks for retraining into DIR: one DICOM Comprehensive SR per
     /// reviewed study (TID 1500; boxes as image regions; decision, reason, reviewer) and
-    /// `marks.jsonl` (the same without patient data or free text). Needs a QA lead profile.
+    /// `marks.jsonl` (the same without patient data or free text). Needs a QA lead's key.
     QaExport {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
@@ -133,6 +172,42 @@ pub enum ReportCommand {
         #[arg(long, default_value = "stress.reader")]
         user: String,
     },
+}
+
+/// A passphrase from `<var>_FILE` (the file's first line), `<var>`, or a prompt on the terminal
+/// (typed twice when `confirm`).
+fn passphrase(var: &str, prompt: &str, confirm: bool) -> Result<Passphrase> {
+    if let Some(file) = std::env::var_os(format!("{var}_FILE")).filter(|f| !f.is_empty()) {
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading the passphrase file {}", Path::new(&file).display()))?;
+        return Ok(Passphrase::new(text.lines().next().unwrap_or_default().to_owned()));
+    }
+    if let Ok(text) = std::env::var(var)
+        && !text.is_empty()
+    {
+        return Ok(Passphrase::new(text));
+    }
+    use std::io::IsTerminal as _;
+    anyhow::ensure!(
+        std::io::stdin().is_terminal(),
+        "no passphrase: set {var}_FILE (a file holding it) or {var}, or run this on a terminal"
+    );
+    let first = Passphrase::new(rpassword::prompt_password(prompt).context("reading the passphrase")?);
+    if confirm {
+        let again = rpassword::prompt_password("Again: ").context("reading the passphrase")?;
+        anyhow::ensure!(Passphrase::new(again).matches(&first), "the two passphrases differ");
+    }
+    Ok(first)
+}
+
+/// Unlocks `name`'s key with their passphrase.
+fn unlock(store: &report::ReportStore, name: &str) -> Result<report::Credential> {
+    let pass = passphrase("LUCENT_PASSPHRASE", &format!("Passphrase for {name}: "), false)?;
+    Ok(store.unlock(name, &pass)?)
+}
+
+fn new_passphrase(name: &str) -> Result<Passphrase> {
+    passphrase("LUCENT_NEW_PASSPHRASE", &format!("New passphrase for {name}: "), true)
 }
 
 fn user_name(explicit: Option<&str>) -> String {
@@ -238,10 +313,11 @@ pub fn run(command: &ReportCommand, store_dir: &Path) -> Result<()> {
                 let who = match v.kind {
                     VersionKind::Draft => format!("draft by {} (saved {})", v.author, v.saved_at),
                     _ => format!(
-                        "{} by {} at {}",
+                        "{} by {} at {}, {}",
                         v.kind.code(),
                         v.signed_by.unwrap_or_default(),
-                        v.signed_at.unwrap_or_default()
+                        v.signed_at.unwrap_or_default(),
+                        v.signer_key.map_or("by name only (before signing keys)".to_owned(), |k| format!("key {k}"))
                     ),
                 };
                 println!("--- version {}: {who}; sha256 {}", v.id, v.content_sha256);
@@ -253,8 +329,14 @@ pub fn run(command: &ReportCommand, store_dir: &Path) -> Result<()> {
             anyhow::ensure!(tampered.is_empty(), "the signed report of study {study_uid} was changed after signing");
         }
         ReportCommand::Sign { study_uid, user } => {
-            let v = store.sign(user, study_uid)?;
-            println!("signed version {} (sha256 {})", v.id, v.content_sha256);
+            let reader = unlock(&store, user)?;
+            let v = store.sign(&reader, study_uid)?;
+            println!(
+                "signed version {} (sha256 {}) with key {}",
+                v.id,
+                v.content_sha256,
+                v.signer_key.unwrap_or_default()
+            );
         }
         ReportCommand::Edit { study_uid, section, text, user } => {
             let id: SectionId = serde_json::from_value(serde_json::Value::String(section.clone()))
@@ -291,13 +373,67 @@ pub fn run(command: &ReportCommand, store_dir: &Path) -> Result<()> {
             println!("exported the {} report", source.status.fhir());
         }
         ReportCommand::Addendum { study_uid, user, text } => {
-            let v = store.add_addendum(user, study_uid, text)?;
+            let reader = unlock(&store, user)?;
+            let v = store.add_addendum(&reader, study_uid, text)?;
             println!("addendum version {}", v.id);
         }
-        ReportCommand::AddUser { name, role } => {
+        ReportCommand::InitAdmin { name, role } => {
             let role: Role = role.parse()?;
-            store.add_user(name, role)?;
-            println!("user {name}: {}", role.code());
+            let admin = store.init_admin(name, role, &new_passphrase(name)?)?;
+            println!(
+                "administrator {} ({}), key {}: the trust root of this store",
+                admin.name(),
+                role.code(),
+                admin.fingerprint()
+            );
+        }
+        ReportCommand::AddUser { name, role, admin, as_admin } => {
+            let role: Role = role.parse()?;
+            let by = unlock(&store, as_admin)?;
+            let record = store.add_user(&by, name, role, *admin, &new_passphrase(name)?)?;
+            println!(
+                "user {} ({}{}), key {}",
+                record.name,
+                role.code(),
+                if record.admin { ", administrator" } else { "" },
+                record.fingerprint
+            );
+        }
+        ReportCommand::Rekey { name, role, admin, as_admin } => {
+            let current = store.current_key(name)?.with_context(|| format!("no user named {name:?}"))?;
+            let role: Role = match role {
+                Some(r) => r.parse()?,
+                None => current.role,
+            };
+            let by = unlock(&store, as_admin)?;
+            let record = store.rekey(&by, name, role, *admin || current.admin, &new_passphrase(name)?)?;
+            println!("user {}: new key {} (replaces {})", record.name, record.fingerprint, current.fingerprint);
+        }
+        ReportCommand::Passwd { name } => {
+            let old = passphrase("LUCENT_PASSPHRASE", &format!("Current passphrase for {name}: "), false)?;
+            store.change_passphrase(name, &old, &new_passphrase(name)?)?;
+            println!("passphrase of {name} changed");
+        }
+        ReportCommand::Users => {
+            let records = store.key_records()?;
+            for r in &records {
+                let current =
+                    records.iter().rev().find(|c| c.name == r.name).is_some_and(|c| c.fingerprint == r.fingerprint);
+                println!(
+                    "{:<16} {:<8} {:<6} key {} endorsed by {} at {}{}",
+                    r.name,
+                    r.role.code(),
+                    if r.admin { "admin" } else { "" },
+                    r.fingerprint,
+                    if r.endorsed_by == r.fingerprint {
+                        "itself (trust root)".to_owned()
+                    } else {
+                        r.endorsed_by.clone()
+                    },
+                    r.created_at,
+                    if current { "" } else { " (replaced)" }
+                );
+            }
         }
         ReportCommand::Stats { csv, histogram } => {
             let stats = report::stats::compute(&store.decided_findings()?);
@@ -313,7 +449,8 @@ pub fn run(command: &ReportCommand, store_dir: &Path) -> Result<()> {
         }
         ReportCommand::QaExport { out, user } => {
             let now = report::time::now_rfc3339();
-            let s = crate::qa_export::export_qa_marks(&mut store, store_dir, out, user, &now)?;
+            let qa_lead = unlock(&store, user)?;
+            let s = crate::qa_export::export_qa_marks(&mut store, store_dir, out, &qa_lead, &now)?;
             println!(
                 "{} mark(s) from {} study(ies): {} accepted, {} rejected, {} corrected; {} SR file(s); {}",
                 s.marks,
@@ -332,7 +469,9 @@ pub fn run(command: &ReportCommand, store_dir: &Path) -> Result<()> {
             }
         }
         ReportCommand::AutosaveStress { study, signed_study, user } => {
-            store.add_user(user, Role::Reader)?;
+            // The helper's reader is the store's first administrator; passphrase from the env.
+            let reader =
+                store.init_admin(user, Role::Reader, &passphrase("LUCENT_PASSPHRASE", "Passphrase: ", false)?)?;
             let inputs = report::model::StudyInputs {
                 context: report::model::StudyContext { modality: "DX".into(), ..Default::default() },
                 ..Default::default()
@@ -340,7 +479,7 @@ pub fn run(command: &ReportCommand, store_dir: &Path) -> Result<()> {
             let mut signed = report::draft(&inputs, &Decisions::new(), Lang::En);
             signed.set_section_text(SectionId::Impression, "SIGNED CONTENT");
             store.save_draft(user, signed_study, &signed)?;
-            store.sign(user, signed_study)?;
+            store.sign(&reader, signed_study)?;
             let mut stdout = std::io::stdout();
             writeln!(stdout, "signed")?;
             stdout.flush()?;

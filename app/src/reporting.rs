@@ -413,17 +413,21 @@ pub fn sr_group(study_uid: &str, index: usize, f: &AiFinding) -> SrFindingGroup 
     }
 }
 
-/// Lower-case hex SHA-256 of an exported file's bytes (for the audit log).
 /// Opens the study store's report store with its audit head anchored in Lucent's data folder
-/// (`audit-anchors/`: the key and head files the database's writers cannot rewrite along with it).
+/// (`audit-anchors/`: the key and head files the database's writers cannot rewrite along with it)
+/// and its users' signing keys in `signing-keys/<store id>/`.
 pub fn open_report_store(store_dir: &Path) -> Result<report::ReportStore> {
     let mut store = report::ReportStore::open(store_dir).context("opening the report store")?;
     let anchor = report::AuditAnchor::in_dir(&crate::config::data_dir().join("audit-anchors"), store_dir)
         .context("opening the audit anchor")?;
     store.set_anchor(anchor).context("anchoring the audit log")?;
+    let keys = report::KeyStore::for_store(&crate::config::data_dir().join("signing-keys"), store_dir)
+        .context("opening the signing keys")?;
+    store.set_key_store(keys);
     Ok(store)
 }
 
+/// Lower-case hex SHA-256 of an exported file's bytes (for the audit log).
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))

@@ -14,8 +14,39 @@ use report::store::{ReportStore, VersionBody, VersionKind};
 
 fn lucent(store: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_lucent"));
-    cmd.arg("--store").arg(store).env("HOME", store).env_remove("LUCENT_STORE");
+    cmd.arg("--store").arg(store).env("HOME", store).env_remove("LUCENT_STORE").env_remove("XDG_DATA_HOME");
     cmd
+}
+
+/// `lucent` acting with `passphrase` (for signing, adding users and new keys alike).
+fn lucent_with(store: &Path, passphrase: &str) -> Command {
+    let mut cmd = lucent(store);
+    cmd.env("LUCENT_PASSPHRASE", passphrase).env("LUCENT_NEW_PASSPHRASE", passphrase);
+    cmd
+}
+
+/// dr.kim (reader, the first administrator) and qa.lee (QA lead), made through the CLI.
+fn add_people(store: &Path) {
+    for args in [
+        &["report", "init-admin", "dr.kim", "--role", "reader"][..],
+        &["report", "add-user", "qa.lee", "--role", "qa-lead", "--as", "dr.kim"][..],
+    ] {
+        let out = lucent_with(store, "test passphrase").args(args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// The report store as the CLI opens it (with the key folder under the test's HOME), and a
+/// user's unlocked key.
+fn open_reports(store: &Path) -> ReportStore {
+    let mut reports = ReportStore::open(store).unwrap();
+    let keys = store.join(".local/share/lucent/signing-keys");
+    reports.set_key_store(report::KeyStore::for_store(&keys, store).unwrap());
+    reports
+}
+
+fn credential(reports: &ReportStore, name: &str) -> report::Credential {
+    reports.unlock(name, &report::Passphrase::new("test passphrase".into())).unwrap()
 }
 
 fn required() -> bool {
@@ -171,9 +202,7 @@ fn walk_first_dicom(path: &Path) -> std::path::PathBuf {
 #[test]
 fn audit_verify_exits_1_on_a_tampered_row() {
     let store = tempfile::tempdir().unwrap();
-    let ok = lucent(store.path()).args(["report", "add-user", "dr.kim", "--role", "reader"]).output().unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
-    lucent(store.path()).args(["report", "add-user", "qa.lee", "--role", "qa-lead"]).output().unwrap();
+    add_people(store.path());
     let out = lucent(store.path()).args(["audit", "verify"]).output().unwrap();
     assert_eq!(out.status.code(), Some(0));
     // Edit the SQLite file directly: drop the guard and rewrite a row.
@@ -191,7 +220,7 @@ fn audit_verify_exits_1_on_a_tampered_row() {
 #[test]
 fn a_store_killed_while_autosaving_keeps_the_last_draft_and_the_signed_report() {
     let store = tempfile::tempdir().unwrap();
-    let mut child = lucent(store.path())
+    let mut child = lucent_with(store.path(), "test passphrase")
         .args(["report", "autosave-stress", "--study", "1.2.3.1", "--signed-study", "1.2.3.2"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -278,14 +307,14 @@ fn qa_marks_export_as_an_sr_with_image_regions_and_a_jsonl_without_patient_data(
         finding("pneumothorax", 0.52, [150.0, 20.0], [230.0, 120.0]),
         finding("consolidation", 0.66, [30.0, 120.0], [110.0, 200.0]),
     ];
+    add_people(store.path());
     {
-        let mut reports = ReportStore::open(store.path()).unwrap();
-        reports.add_user("qa.lee", report::Role::QaLead).unwrap();
-        reports.add_user("dr.kim", report::Role::Reader).unwrap();
+        let mut reports = open_reports(store.path());
+        let lee = credential(&reports, "qa.lee");
         reports.record_ai_run("dr.kim", &study, &findings).unwrap();
-        reports.add_qa_review("qa.lee", &study, &findings[0].id, &FindingDecision::Accepted).unwrap();
+        reports.add_qa_review(&lee, &study, &findings[0].id, &FindingDecision::Accepted).unwrap();
         let rejected = FindingDecision::Rejected { reason: ReasonCode::Artifact, comment: "skin fold".into() };
-        reports.add_qa_review("qa.lee", &study, &findings[1].id, &rejected).unwrap();
+        reports.add_qa_review(&lee, &study, &findings[1].id, &rejected).unwrap();
         let corrected = FindingDecision::Edited {
             edit: FindingEdit {
                 label: Some("pleural_effusion".into()),
@@ -296,20 +325,24 @@ fn qa_marks_export_as_an_sr_with_image_regions_and_a_jsonl_without_patient_data(
             comment: String::new(),
         };
         // A first review, then a later one that counts.
-        reports.add_qa_review("qa.lee", &study, &findings[2].id, &FindingDecision::Accepted).unwrap();
-        reports.add_qa_review("qa.lee", &study, &findings[2].id, &corrected).unwrap();
+        reports.add_qa_review(&lee, &study, &findings[2].id, &FindingDecision::Accepted).unwrap();
+        reports.add_qa_review(&lee, &study, &findings[2].id, &corrected).unwrap();
     }
 
     let out = tempfile::tempdir().unwrap();
     // Only a QA lead may export.
-    let refused = lucent(store.path())
+    let refused = lucent_with(store.path(), "test passphrase")
         .args(["report", "qa-export", "--user", "dr.kim", "--out"])
         .arg(out.path())
         .output()
         .unwrap();
     assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("QA lead"));
-    let run = lucent(store.path())
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("needs a qa_lead"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let run = lucent_with(store.path(), "test passphrase")
         .args(["report", "qa-export", "--user", "qa.lee", "--out"])
         .arg(out.path())
         .output()
@@ -363,4 +396,93 @@ fn qa_marks_export_as_an_sr_with_image_regions_and_a_jsonl_without_patient_data(
     let reports = ReportStore::open(store.path()).unwrap();
     assert!(reports.audit_log().unwrap().iter().any(|e| e.action == "export" && e.detail.contains("qa_marks_sr")));
     assert!(reports.verify_audit().unwrap().is_intact());
+}
+
+/// Issue 14, item 4: `sign --user NAME` needed no credential. Now the passphrase unlocks the
+/// user's key, a wrong one is refused, a prompt is never silently skipped, a forgotten passphrase
+/// is replaced by a new key from an administrator, and what the old key signed still verifies.
+#[test]
+fn signing_needs_the_users_key_and_a_forgotten_passphrase_gets_a_new_one() {
+    use report::model::{Decisions, Lang, StudyContext, StudyInputs};
+    let store = tempfile::tempdir().unwrap();
+    add_people(store.path());
+    let draft = |study: &str| {
+        let mut reports = open_reports(store.path());
+        let inputs =
+            StudyInputs { context: StudyContext { modality: "DX".into(), ..Default::default() }, ..Default::default() };
+        reports.save_draft("dr.kim", study, &report::draft(&inputs, &Decisions::new(), Lang::En)).unwrap();
+    };
+    draft("1.2.3.1");
+    // No passphrase and no terminal: refused with what to set, not signed.
+    let out = lucent(store.path()).args(["report", "sign", "1.2.3.1", "--user", "dr.kim"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("LUCENT_PASSPHRASE_FILE"));
+    // A wrong passphrase, and a QA lead's right one, are refused.
+    let out = lucent_with(store.path(), "a wrong guess")
+        .args(["report", "sign", "1.2.3.1", "--user", "dr.kim"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong passphrase"));
+    let out = lucent_with(store.path(), "test passphrase")
+        .args(["report", "sign", "1.2.3.1", "--user", "qa.lee"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(open_reports(store.path()).status("1.2.3.1").unwrap() == Some(report::ReportStatus::Draft));
+    // The passphrase from a file.
+    let file = store.path().join("kim.pass");
+    std::fs::write(&file, "test passphrase\n").unwrap();
+    let out = lucent(store.path())
+        .env("LUCENT_PASSPHRASE_FILE", &file)
+        .args(["report", "sign", "1.2.3.1", "--user", "dr.kim"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("with key"));
+
+    // qa.lee forgets their passphrase; dr.kim (administrator) issues a new key as a reader.
+    let out = lucent(store.path())
+        .env("LUCENT_PASSPHRASE", "test passphrase")
+        .env("LUCENT_NEW_PASSPHRASE", "lee's new passphrase")
+        .args(["report", "rekey", "qa.lee", "--role", "reader", "--as", "dr.kim"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    draft("1.2.3.2");
+    let out = lucent_with(store.path(), "lee's new passphrase")
+        .args(["report", "sign", "1.2.3.2", "--user", "qa.lee"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let users = lucent(store.path()).args(["report", "users"]).output().unwrap();
+    let users = String::from_utf8_lossy(&users.stdout);
+    assert_eq!(users.lines().count(), 3, "{users}");
+    assert!(users.contains("(replaced)") && users.contains("itself (trust root)"), "{users}");
+    // Everything signed verifies, and `show` names the key.
+    let out = lucent(store.path()).args(["audit", "verify"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let show = lucent(store.path()).args(["report", "show", "1.2.3.1"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&show.stdout).contains("signed by dr.kim at"));
+    assert!(String::from_utf8_lossy(&show.stdout).contains(", key "));
+
+    // A key row forged into the database (a user who can write reports.sqlite but holds no
+    // administrator key) does not make a signer: `audit verify` fails on its signature.
+    {
+        let mut reports = open_reports(store.path());
+        let kim = credential(&reports, "dr.kim");
+        draft("1.2.3.3");
+        reports.sign(&kim, "1.2.3.3").unwrap();
+    }
+    let conn = rusqlite::Connection::open(store.path().join(ReportStore::FILE_NAME)).unwrap();
+    // Point the newest signature at qa.lee's replaced key: a signer swapped behind the triggers.
+    conn.execute_batch(
+        "DROP TRIGGER signed_versions_are_immutable;
+         UPDATE versions SET signed_by = 'qa.lee' WHERE id = (SELECT MAX(id) FROM versions);",
+    )
+    .unwrap();
+    drop(conn);
+    let out = lucent(store.path()).args(["audit", "verify"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("CHANGED"));
 }

@@ -15,7 +15,7 @@ use pacs::synth::{self, CtSeriesSpec, Nodule, NoduleKind, PatientSpec};
 
 fn lucent(store: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_lucent"));
-    cmd.arg("--store").arg(store).env("HOME", store).env_remove("LUCENT_STORE");
+    cmd.arg("--store").arg(store).env("HOME", store).env_remove("LUCENT_STORE").env_remove("XDG_DATA_HOME");
     cmd
 }
 
@@ -50,9 +50,15 @@ fn read_draft_edit_sign_export_and_send_the_sr_to_orthanc() {
     ct.origin_mm[2] = -30.0;
     synth::write_ct_series(&ct_dir, &ct).unwrap();
     let lib = runtime.library().to_path_buf();
+    // Passphrases as scripts give them: a file named in the environment, never an argument.
+    let passphrase_file = temp.path().join("passphrase");
+    std::fs::write(&passphrase_file, "flow passphrase\n").unwrap();
     let run = |args: &[&str]| {
         let mut cmd = lucent(&store);
-        cmd.env("LUCENT_ORT_LIB", &lib).args(args);
+        cmd.env("LUCENT_ORT_LIB", &lib)
+            .env("LUCENT_PASSPHRASE_FILE", &passphrase_file)
+            .env("LUCENT_NEW_PASSPHRASE_FILE", &passphrase_file)
+            .args(args);
         cmd
     };
 
@@ -66,7 +72,7 @@ fn read_draft_edit_sign_export_and_send_the_sr_to_orthanc() {
     let study = line.split_whitespace().last().unwrap().to_owned();
 
     // Edit, sign; a signed report refuses edits.
-    ok(&mut run(&["report", "add-user", "dr.kim", "--role", "reader"]));
+    ok(&mut run(&["report", "init-admin", "dr.kim", "--role", "reader"]));
     let impression = "No other significant findings. Mild emphysema is not seen.";
     ok(&mut run(&["report", "edit", &study, "--section", "other_findings", "--text", impression, "--user", "dr.kim"]));
     ok(&mut run(&["report", "sign", &study, "--user", "dr.kim"]));

@@ -477,6 +477,12 @@ fn a_report_is_drafted_from_the_ai_findings_decided_signed_and_then_immutable() 
     // Rejecting a nodule removes its sentence from the draft.
     let first = &nodules[0];
     let before = report.sentences(report::draft::SectionId::Nodules).len();
+    // Deciding and signing need a signed-in reader: on a store without users, the first
+    // administrator is created in the window.
+    assert_eq!(h.state().reports.has_admin(), Some(false));
+    h.state_mut().reports.create_first_admin("dr.kim", report::store::Role::Reader, "kim's passphrase");
+    wait_until(&mut h, |app| app.reports.signed_in_as().is_some());
+    assert!(h.state().reports.signed_in_as().is_some_and(|s| s.admin && s.name == "dr.kim"));
     h.state_mut().reports.decide(
         &first.id,
         report::model::FindingDecision::Rejected {
@@ -494,7 +500,20 @@ fn a_report_is_drafted_from_the_ai_findings_decided_signed_and_then_immutable() 
     // A QA lead reviews a finding: the statistics count it, the signed report stays as it was.
     let signed_versions = h.state().reports.versions().to_vec();
     h.state_mut().reports.open = false;
-    h.state_mut().reports.use_profile("qa.lee", report::store::Role::QaLead);
+    // The administrator adds a QA lead (here through the store, as `lucent report add-user` does).
+    {
+        let mut reports = lucent_app::reporting::open_report_store(&root.path().join("store")).unwrap();
+        let kim = reports.unlock("dr.kim", &report::Passphrase::new("kim's passphrase".into())).unwrap();
+        let lee = report::Passphrase::new("lee's passphrase".into());
+        reports.add_user(&kim, "qa.lee", report::store::Role::QaLead, false, &lee).unwrap();
+    }
+    // A reader cannot review as QA; the QA lead signs in with their own passphrase.
+    h.state_mut().reports.sign_out();
+    wait_until(&mut h, |app| app.reports.signed_in_as().is_none());
+    h.state_mut().reports.sign_in("qa.lee", "wrong passphrase");
+    wait_until(&mut h, |app| app.reports.message().contains("wrong passphrase"));
+    h.state_mut().reports.sign_in("qa.lee", "lee's passphrase");
+    wait_until(&mut h, |app| app.reports.signed_in_as().is_some_and(|s| s.name == "qa.lee"));
     h.state_mut().reports.qa_open = true;
     h.state_mut().reports.refresh_worklist();
     wait_until(&mut h, |app| !app.reports.decided().is_empty());

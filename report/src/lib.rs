@@ -11,7 +11,10 @@
 //! * [`checks`]: the reading-error checks before signing (laterality, unmentioned finding,
 //!   measurement, Lung-RADS), as warnings.
 //! * [`store`]: `reports.sqlite` (WAL): drafts (autosaved), immutable signed versions and addenda,
-//!   reader decisions, QA reviews kept apart, user profiles, and the hash-chained audit log.
+//!   reader decisions, QA reviews kept apart, user profiles and their public keys, and the
+//!   hash-chained, anchored audit log.
+//! * [`signing`]: per-user ed25519 keys sealed under a passphrase, endorsed by an administrator
+//!   and rooted in a trust root outside the database; signatures on every signed version.
 //! * [`fhir`]: FHIR R4 DiagnosticReport JSON. [`pdf`]: the PDF with the bundled Hangul font.
 //! * [`stats`]: QA statistics per model version and label, CSV export.
 //!
@@ -43,6 +46,7 @@ mod error;
 pub mod fhir;
 pub mod model;
 pub mod pdf;
+pub mod signing;
 pub mod stats;
 pub mod store;
 pub mod time;
@@ -50,6 +54,7 @@ mod vocab;
 
 pub use draft::{Report, Section, SectionId, Sentence, draft};
 pub use error::{Error, Result};
+pub use signing::{Credential, KeyStore, Passphrase};
 pub use store::{AuditAnchor, AuditVerdict, ReportStatus, ReportStore, Role, TamperedVersion};
 
 /// The statement every export carries.

@@ -8,7 +8,11 @@
 //! * `decisions`: the reader's current decision per finding (frozen once the report is signed).
 //! * `qa_reviews`: QA leads' reviews, append-only, kept apart from the reader's decisions so that a
 //!   review never alters a signed report.
-//! * `users`: local profiles (name, role reader | qa_lead).
+//! * `users`: local profiles (name, role reader | qa_lead), kept in step with `user_keys`.
+//! * `user_keys`: the public half of every user's signing key, endorsed by an administrator's key
+//!   and leading back to the trust root outside the database (see [`crate::signing`]);
+//!   append-only, so keys replaced after a forgotten passphrase still verify what they signed.
+//!   Deciding, reviewing, signing and adding users take an unlocked [`Credential`], not a name.
 //! * `audit`: append-only log of who did what when, hash-chained (SHA-256 over the previous hash and
 //!   the row), with triggers refusing UPDATE and DELETE. [`ReportStore::verify_audit`] finds the
 //!   first broken link. The chain alone detects edited, inserted and deleted rows, but not a chain
@@ -19,9 +23,9 @@
 //!   requires the anchored row to be there, unchanged, and no row after it that was written
 //!   without the key.
 //! * Signed versions are checked against the audit: the content hash the `sign` / `addendum` audit
-//!   rows recorded must match the version's text now ([`ReportStore::verify_signed_versions`]), so
-//!   a signed text changed behind the triggers' back is caught by `show`, `export` and `audit
-//!   verify`.
+//!   rows recorded must match the version's text now, and the version's ed25519 signature must
+//!   verify under its signer's endorsed key ([`ReportStore::verify_signed_versions`]), so a signed
+//!   text changed behind the triggers' back is caught by `show`, `export` and `audit verify`.
 //!
 //! Nothing in this store holds a patient name or ID: reports are keyed by Study Instance UID and
 //! audit details carry ids, model versions, counts and hashes only (export paths are not logged).
@@ -38,6 +42,7 @@ use sha2::{Digest, Sha256};
 use crate::draft::Report;
 use crate::error::{Error, Result};
 use crate::model::{AiFinding, Decisions, FindingDecision};
+use crate::signing::{self, Credential, KeyRecord, KeyStore, Passphrase, TrustRoot};
 
 const SCHEMA: &str = r"
 CREATE TABLE IF NOT EXISTS users (
@@ -102,6 +107,20 @@ CREATE TABLE IF NOT EXISTS audit (
     prev_hash TEXT NOT NULL,
     hash TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS user_keys (
+    fingerprint TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('reader', 'qa_lead')),
+    admin INTEGER NOT NULL,
+    public_key TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    endorsed_by TEXT NOT NULL,
+    endorsement TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS user_keys_no_update BEFORE UPDATE ON user_keys
+    BEGIN SELECT RAISE(ABORT, 'signing keys are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS user_keys_no_delete BEFORE DELETE ON user_keys
+    BEGIN SELECT RAISE(ABORT, 'signing keys are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS signed_versions_are_immutable BEFORE UPDATE ON versions
     WHEN OLD.kind <> 'draft'
     BEGIN SELECT RAISE(ABORT, 'signed report versions are immutable'); END;
@@ -210,6 +229,9 @@ pub struct ReportVersion {
     pub signed_at: Option<String>,
     /// SHA-256 of the stored body.
     pub content_sha256: String,
+    /// Fingerprint of the key that signed it (None for drafts, and for versions signed by name
+    /// only, before signing keys).
+    pub signer_key: Option<String>,
 }
 
 /// Where a study's report stands.
@@ -360,6 +382,12 @@ pub struct DecidedFinding {
     pub decision: FindingDecision,
 }
 
+/// A short id of a store folder (its canonical path hashed), for files kept about it elsewhere.
+pub(crate) fn store_id(store_dir: &Path) -> String {
+    let canonical = std::fs::canonicalize(store_dir).unwrap_or_else(|_| store_dir.to_path_buf());
+    sha256_hex(canonical.to_string_lossy().as_bytes())[..16].to_owned()
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
@@ -406,8 +434,7 @@ impl AuditAnchor {
             file.sync_all().map_err(|e| Error::io(&key_file, e))?;
         }
         let key = std::fs::read(&key_file).map_err(|e| Error::io(&key_file, e))?;
-        let canonical = std::fs::canonicalize(store_dir).unwrap_or_else(|_| store_dir.to_path_buf());
-        let id = &sha256_hex(canonical.to_string_lossy().as_bytes())[..16];
+        let id = store_id(store_dir);
         Ok(Self { head_file: anchor_dir.join(format!("audit-head-{id}.json")), key })
     }
 
@@ -451,12 +478,26 @@ impl AuditAnchor {
     }
 }
 
+/// A signed version or addendum as [`ReportStore::verify_signed_versions`] reads it.
+struct SignedRow {
+    id: i64,
+    study_uid: String,
+    kind: String,
+    body: String,
+    stored_sha256: String,
+    signed_by: String,
+    signed_at: String,
+    signature: Option<String>,
+    signer_key: Option<String>,
+}
+
 /// The report store (see the module docs).
 pub struct ReportStore {
     path: PathBuf,
     conn: Connection,
     clock: fn() -> String,
     anchor: Option<AuditAnchor>,
+    keys: Option<KeyStore>,
 }
 
 impl std::fmt::Debug for ReportStore {
@@ -479,7 +520,28 @@ impl ReportStore {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(SCHEMA)?;
-        Ok(Self { path, conn, clock: crate::time::now_rfc3339, anchor: None })
+        // Stores from before signing keys: their versions gain the signature columns.
+        for column in ["signature", "signer_key"] {
+            let present: bool = conn.query_row(
+                "SELECT COUNT(*) > 0 FROM pragma_table_info('versions') WHERE name = ?1",
+                [column],
+                |r| r.get(0),
+            )?;
+            if !present {
+                conn.execute_batch(&format!("ALTER TABLE versions ADD COLUMN {column} TEXT"))?;
+            }
+        }
+        Ok(Self { path, conn, clock: crate::time::now_rfc3339, anchor: None, keys: None })
+    }
+
+    /// Uses `keys` for users' private keys and the trust root (see [`crate::signing`]). Without
+    /// a key store, nothing can be signed, decided or reviewed.
+    pub fn set_key_store(&mut self, keys: KeyStore) {
+        self.keys = Some(keys);
+    }
+
+    fn key_store(&self) -> Result<&KeyStore> {
+        self.keys.as_ref().ok_or_else(|| Error::Invalid { what: "report store without a key folder".into() })
     }
 
     /// Anchors the audit head outside the database from now on (see the module docs). A store
@@ -521,25 +583,263 @@ impl ReportStore {
         Ok(self.conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
     }
 
-    // ---- users ----
+    // ---- users and their keys ----
 
-    /// Adds a local user profile (or changes its role).
-    pub fn add_user(&mut self, name: &str, role: Role) -> Result<User> {
+    /// Whether the first administrator exists (the trust root is written).
+    pub fn has_admin(&self) -> Result<bool> {
+        Ok(self.key_store()?.trust_root()?.is_some())
+    }
+
+    /// Creates the first administrator: a key for `name` with `role`, endorsed by itself and
+    /// written as the trust root. Refused once a root exists.
+    pub fn init_admin(&mut self, name: &str, role: Role, passphrase: &Passphrase) -> Result<Credential> {
         let name = name.trim();
-        if name.is_empty() {
-            return Err(Error::Invalid { what: "an empty user name".into() });
+        let keys = self.key_store()?.clone();
+        keys.check_name(name)?;
+        passphrase.check_new()?;
+        if keys.trust_root()?.is_some() {
+            return Err(Error::Forbidden { what: "an administrator exists already; ask one to add users".into() });
         }
+        let known: i64 = self.conn.query_row("SELECT COUNT(*) FROM user_keys", [], |r| r.get(0))?;
+        if known > 0 {
+            return Err(Error::Tampered {
+                what: format!("the store holds signing keys but the trust root in {} is gone", keys.dir().display()),
+            });
+        }
+        let key = signing::new_key()?;
         let at = self.now();
+        let fingerprint = signing::fingerprint(&key.verifying_key());
+        let mut record = KeyRecord {
+            fingerprint: fingerprint.clone(),
+            name: name.to_owned(),
+            role,
+            admin: true,
+            public_key: hex::encode(key.verifying_key().as_bytes()),
+            created_at: at.clone(),
+            endorsed_by: fingerprint.clone(),
+            endorsement: String::new(),
+        };
+        record.endorsement = Credential::new(record.clone(), key.clone()).sign(&record.endorsement_message());
+        keys.save_secret(name, &key, passphrase)?;
+        self.insert_key(&record, name, "first_admin")?;
+        keys.create_trust_root(&TrustRoot {
+            name: name.to_owned(),
+            fingerprint,
+            public_key: record.public_key.clone(),
+            created_at: at,
+        })?;
+        Ok(Credential::new(record, key))
+    }
+
+    /// An administrator adds a user with a first passphrase (which the user then changes with
+    /// [`Self::change_passphrase`]). Refused for a name that has a key: see [`Self::rekey`].
+    pub fn add_user(
+        &mut self,
+        admin: &Credential,
+        name: &str,
+        role: Role,
+        is_admin: bool,
+        passphrase: &Passphrase,
+    ) -> Result<KeyRecord> {
+        if self.current_key(name.trim())?.is_some() {
+            return Err(Error::Invalid { what: format!("user {:?} exists; a new key is `rekey`", name.trim()) });
+        }
+        self.issue_key(admin, name, role, is_admin, passphrase, "user_added")
+    }
+
+    /// An administrator issues a new key for an existing user (a forgotten passphrase, or a new
+    /// role). The old key stops signing; what it signed still verifies.
+    pub fn rekey(
+        &mut self,
+        admin: &Credential,
+        name: &str,
+        role: Role,
+        is_admin: bool,
+        passphrase: &Passphrase,
+    ) -> Result<KeyRecord> {
+        if self.current_key(name.trim())?.is_none() {
+            return Err(Error::NotFound { what: format!("a user named {:?}", name.trim()) });
+        }
+        self.issue_key(admin, name, role, is_admin, passphrase, "rekeyed")
+    }
+
+    fn issue_key(
+        &mut self,
+        admin: &Credential,
+        name: &str,
+        role: Role,
+        is_admin: bool,
+        passphrase: &Passphrase,
+        why: &str,
+    ) -> Result<KeyRecord> {
+        let name = name.trim();
+        let keys = self.key_store()?.clone();
+        keys.check_name(name)?;
+        passphrase.check_new()?;
+        self.check_credential(admin)?;
+        if !admin.is_admin() {
+            return Err(Error::Forbidden { what: format!("user {:?} is not an administrator", admin.name()) });
+        }
+        let key = signing::new_key()?;
+        let at = self.now();
+        let mut record = KeyRecord {
+            fingerprint: signing::fingerprint(&key.verifying_key()),
+            name: name.to_owned(),
+            role,
+            admin: is_admin,
+            public_key: hex::encode(key.verifying_key().as_bytes()),
+            created_at: at,
+            endorsed_by: admin.fingerprint().to_owned(),
+            endorsement: String::new(),
+        };
+        record.endorsement = admin.sign(&record.endorsement_message());
+        keys.save_secret(name, &key, passphrase)?;
+        self.insert_key(&record, admin.name(), why)?;
+        Ok(record)
+    }
+
+    fn insert_key(&mut self, record: &KeyRecord, by: &str, why: &str) -> Result<()> {
         let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO user_keys (fingerprint, name, role, admin, public_key, created_at, endorsed_by, endorsement)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                record.fingerprint,
+                record.name,
+                record.role.code(),
+                record.admin,
+                record.public_key,
+                record.created_at,
+                record.endorsed_by,
+                record.endorsement
+            ],
+        )?;
         tx.execute(
             "INSERT INTO users (name, role, created_at) VALUES (?1, ?2, ?3)
              ON CONFLICT(name) DO UPDATE SET role = excluded.role",
-            params![name, role.code(), at],
+            params![record.name, record.role.code(), record.created_at],
         )?;
-        append_audit_tx(&tx, &at, name, AuditAction::UserAdded, name, &serde_json::json!({ "role": role.code() }))?;
+        let detail = serde_json::json!({
+            "role": record.role.code(), "admin": record.admin, "key": record.fingerprint, "why": why,
+        });
+        append_audit_tx(&tx, &record.created_at, by, AuditAction::UserAdded, &record.name, &detail)?;
         tx.commit()?;
-        self.anchor_head()?;
-        Ok(User { name: name.to_owned(), role })
+        self.anchor_head()
+    }
+
+    /// Unlocks `name`'s current key with `passphrase`.
+    pub fn unlock(&self, name: &str, passphrase: &Passphrase) -> Result<Credential> {
+        let name = name.trim();
+        let record =
+            self.current_key(name)?.ok_or_else(|| Error::Forbidden { what: format!("no user named {name:?}") })?;
+        let key = self.key_store()?.load_secret(name, passphrase)?;
+        if signing::fingerprint(&key.verifying_key()) != record.fingerprint {
+            return Err(Error::Forbidden {
+                what: format!("the key of {name:?} on this machine was replaced; ask an administrator for a new one"),
+            });
+        }
+        let credential = Credential::new(record, key);
+        self.check_credential(&credential)?;
+        Ok(credential)
+    }
+
+    /// A user changes their own passphrase (same key).
+    pub fn change_passphrase(&self, name: &str, old: &Passphrase, new: &Passphrase) -> Result<()> {
+        new.check_new()?;
+        let credential = self.unlock(name, old)?;
+        self.key_store()?.save_secret(credential.name(), credential.key(), new)
+    }
+
+    /// `name`'s newest key record.
+    pub fn current_key(&self, name: &str) -> Result<Option<KeyRecord>> {
+        Ok(self.key_records_where("name = ?1 ORDER BY rowid DESC LIMIT 1", &name)?.into_iter().next())
+    }
+
+    /// Every key record, oldest first.
+    pub fn key_records(&self) -> Result<Vec<KeyRecord>> {
+        self.key_records_where("?1 ORDER BY rowid", &1)
+    }
+
+    fn key_records_where(&self, condition: &str, value: &dyn rusqlite::ToSql) -> Result<Vec<KeyRecord>> {
+        let sql = format!(
+            "SELECT fingerprint, name, role, admin, public_key, created_at, endorsed_by, endorsement
+             FROM user_keys WHERE {condition}"
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map([value], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, bool>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, String>(6)?,
+                r.get::<_, String>(7)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (fingerprint, name, role, admin, public_key, created_at, endorsed_by, endorsement) = row?;
+            out.push(KeyRecord {
+                fingerprint,
+                name,
+                role: Role::parse(&role)?,
+                admin,
+                public_key,
+                created_at,
+                endorsed_by,
+                endorsement,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Why `record` cannot be trusted: its endorsements do not lead back to the trust root
+    /// through administrators' keys. None when it can.
+    fn untrusted(&self, record: &KeyRecord) -> Result<Option<String>> {
+        let root = self.key_store()?.trust_root()?.ok_or_else(|| Error::Forbidden {
+            what: "no administrator yet: create the first one (lucent report init-admin)".into(),
+        })?;
+        let mut current = record.clone();
+        // Each step goes to an endorser; a chain longer than the records is a loop.
+        for _ in 0..=self.key_records()?.len() {
+            if !signing::record_key_matches(&current) {
+                return Ok(Some(format!("key {} does not match its fingerprint", current.fingerprint)));
+            }
+            if current.fingerprint == root.fingerprint {
+                let ok = current.public_key == root.public_key
+                    && current.endorsed_by == root.fingerprint
+                    && signing::verify(&current.public_key, &current.endorsement_message(), &current.endorsement);
+                return Ok((!ok).then(|| "the trust root's record was altered".to_owned()));
+            }
+            let Some(endorser) = self.key_records_where("fingerprint = ?1", &current.endorsed_by)?.into_iter().next()
+            else {
+                return Ok(Some(format!("key {} was endorsed by an unknown key", current.fingerprint)));
+            };
+            if !endorser.admin {
+                return Ok(Some(format!("key {} was endorsed by a non-administrator", current.fingerprint)));
+            }
+            if !signing::verify(&endorser.public_key, &current.endorsement_message(), &current.endorsement) {
+                return Ok(Some(format!("key {} carries no valid endorsement", current.fingerprint)));
+            }
+            current = endorser;
+        }
+        Ok(Some(format!("key {} has an endorsement loop", record.fingerprint)))
+    }
+
+    /// Refuses a credential that is not its user's current, trusted key.
+    fn check_credential(&self, credential: &Credential) -> Result<()> {
+        let current = self.current_key(credential.name())?;
+        if current.as_ref() != Some(credential.record()) {
+            return Err(Error::Forbidden {
+                what: format!("the key of {:?} is not their current one", credential.name()),
+            });
+        }
+        if let Some(why) = self.untrusted(credential.record())? {
+            return Err(Error::Tampered { what: why });
+        }
+        Ok(())
     }
 
     pub fn user(&self, name: &str) -> Result<Option<User>> {
@@ -559,14 +859,20 @@ impl ReportStore {
         Ok(out)
     }
 
-    fn require(&self, name: &str, role: Role) -> Result<()> {
-        match self.user(name)? {
-            Some(u) if u.role == role => Ok(()),
-            Some(u) => Err(Error::Forbidden {
-                what: format!("user {name:?} is a {} and this needs a {}", u.role.code(), role.code()),
-            }),
-            None => Err(Error::Forbidden { what: format!("no user profile named {name:?}") }),
+    /// Refuses a credential that is not its user's current trusted key, or lacks `role`.
+    pub fn require(&self, credential: &Credential, role: Role) -> Result<()> {
+        self.check_credential(credential)?;
+        if credential.role() != role {
+            return Err(Error::Forbidden {
+                what: format!(
+                    "user {:?} is a {} and this needs a {}",
+                    credential.name(),
+                    credential.role().code(),
+                    role.code()
+                ),
+            });
         }
+        Ok(())
     }
 
     // ---- audit ----
@@ -677,28 +983,75 @@ impl ReportStore {
                 }
             }
         }
+        let root = match &self.keys {
+            Some(keys) => keys.trust_root()?,
+            None => None,
+        };
         let mut stmt = self.conn.prepare(
-            "SELECT v.id, r.study_uid, v.body, v.content_sha256 FROM versions v JOIN reports r ON r.id = v.report_id
+            "SELECT v.id, r.study_uid, v.kind, v.body, v.content_sha256, v.signed_by, v.signed_at, v.signature,
+                    v.signer_key
+             FROM versions v JOIN reports r ON r.id = v.report_id
              WHERE v.kind <> 'draft' AND (?1 IS NULL OR r.study_uid = ?1) ORDER BY v.id",
         )?;
         let rows = stmt.query_map([study_uid], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+            Ok(SignedRow {
+                id: r.get(0)?,
+                study_uid: r.get(1)?,
+                kind: r.get(2)?,
+                body: r.get(3)?,
+                stored_sha256: r.get(4)?,
+                signed_by: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
+                signed_at: r.get::<_, Option<String>>(6)?.unwrap_or_default(),
+                signature: r.get(7)?,
+                signer_key: r.get(8)?,
+            })
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, study_uid, body, stored) = row?;
-            let actual = sha256_hex(body.as_bytes());
-            let reason = match recorded.get(&id) {
-                None => Some("no audit record of its signing"),
-                Some(signed) if *signed != actual => Some("its text differs from what was signed (audit)"),
-                Some(_) if stored != actual => Some("its text does not match its stored hash"),
-                Some(_) => None,
+            let row = row?;
+            let actual = sha256_hex(row.body.as_bytes());
+            let reason = match recorded.get(&row.id) {
+                None => Some("no audit record of its signing".to_owned()),
+                Some(signed) if *signed != actual => Some("its text differs from what was signed (audit)".to_owned()),
+                Some(_) if row.stored_sha256 != actual => Some("its text does not match its stored hash".to_owned()),
+                Some(_) => self.signature_problem(&row, &actual, root.as_ref())?,
             };
             if let Some(reason) = reason {
-                out.push(TamperedVersion { version: id, study_uid, reason: reason.to_owned() });
+                out.push(TamperedVersion { version: row.id, study_uid: row.study_uid, reason });
             }
         }
         Ok(out)
+    }
+
+    /// Why a signed version's signature does not hold (None when it does). Versions signed by
+    /// name only are accepted when they predate the trust root (stores from before signing
+    /// keys); after it, every signed version must carry a valid signature.
+    fn signature_problem(
+        &self,
+        row: &SignedRow,
+        actual_sha256: &str,
+        root: Option<&TrustRoot>,
+    ) -> Result<Option<String>> {
+        let (Some(signature), Some(signer_key)) = (&row.signature, &row.signer_key) else {
+            let before_keys = root.is_none_or(|root| row.signed_at < root.created_at);
+            return Ok((!before_keys).then(|| "it carries no signature".to_owned()));
+        };
+        if root.is_none() {
+            return Ok(Some("it is signed but the trust root is missing".to_owned()));
+        }
+        let Some(record) = self.key_records_where("fingerprint = ?1", signer_key)?.into_iter().next() else {
+            return Ok(Some("its signer's key is unknown".to_owned()));
+        };
+        if let Some(why) = self.untrusted(&record)? {
+            return Ok(Some(format!("its signer's key is not trusted: {why}")));
+        }
+        if record.name != row.signed_by || record.role != Role::Reader {
+            return Ok(Some("its signer's key belongs to another user or role".to_owned()));
+        }
+        let message =
+            signing::report_signature_message(&row.study_uid, &row.kind, actual_sha256, &row.signed_by, &row.signed_at);
+        Ok((!signing::verify(&record.public_key, &message, signature))
+            .then(|| "its signature does not verify".to_owned()))
     }
 
     /// Refuses a study whose signed text was changed (see [`Self::verify_signed_versions`]).
@@ -768,12 +1121,13 @@ impl ReportStore {
     /// are addenda).
     pub fn set_decision(
         &mut self,
-        user: &str,
+        reader: &Credential,
         study_uid: &str,
         finding_id: &str,
         decision: &FindingDecision,
     ) -> Result<()> {
-        self.require(user, Role::Reader)?;
+        self.require(reader, Role::Reader)?;
+        let user = reader.name();
         if self.is_signed(study_uid)? {
             return Err(Error::Signed);
         }
@@ -812,12 +1166,13 @@ impl ReportStore {
     /// or any report version.
     pub fn add_qa_review(
         &mut self,
-        reviewer: &str,
+        qa_lead: &Credential,
         study_uid: &str,
         finding_id: &str,
         decision: &FindingDecision,
     ) -> Result<i64> {
-        self.require(reviewer, Role::QaLead)?;
+        self.require(qa_lead, Role::QaLead)?;
+        let reviewer = qa_lead.name();
         let at = self.now();
         let tx = self.conn.transaction()?;
         tx.execute(
@@ -966,9 +1321,10 @@ impl ReportStore {
     }
 
     /// Signs the current draft: it becomes an immutable signed version (written with
-    /// `synchronous=FULL`). Needs a reader profile.
-    pub fn sign(&mut self, user: &str, study_uid: &str) -> Result<ReportVersion> {
-        self.require(user, Role::Reader)?;
+    /// `synchronous=FULL`) carrying the reader's ed25519 signature. Needs a reader's credential.
+    pub fn sign(&mut self, reader: &Credential, study_uid: &str) -> Result<ReportVersion> {
+        self.require(reader, Role::Reader)?;
+        let user = reader.name();
         if self.is_signed(study_uid)? {
             return Err(Error::Signed);
         }
@@ -979,10 +1335,12 @@ impl ReportStore {
             let report_id: i64 =
                 tx.query_row("SELECT report_id FROM versions WHERE id = ?1", [draft.id], |r| r.get(0))?;
             let hash = sha256_hex(body.as_bytes());
+            let signature = reader.sign(&signing::report_signature_message(study_uid, "signed", &hash, user, &at));
             tx.execute(
-                "INSERT INTO versions (report_id, kind, body, author, saved_at, signed_by, signed_at, content_sha256)
-                 VALUES (?1, 'signed', ?2, ?3, ?4, ?5, ?4, ?6)",
-                params![report_id, body, draft.author, at, user, hash],
+                "INSERT INTO versions
+                 (report_id, kind, body, author, saved_at, signed_by, signed_at, content_sha256, signature, signer_key)
+                 VALUES (?1, 'signed', ?2, ?3, ?4, ?5, ?4, ?6, ?7, ?8)",
+                params![report_id, body, draft.author, at, user, hash, signature, reader.fingerprint()],
             )?;
             let id = tx.last_insert_rowid();
             tx.execute("DELETE FROM versions WHERE id = ?1", [draft.id])?;
@@ -992,7 +1350,7 @@ impl ReportStore {
                 user,
                 AuditAction::Sign,
                 study_uid,
-                &serde_json::json!({ "version": id, "content_sha256": hash }),
+                &serde_json::json!({ "version": id, "content_sha256": hash, "key": reader.fingerprint() }),
             )?;
             Ok(id)
         })?;
@@ -1000,8 +1358,9 @@ impl ReportStore {
     }
 
     /// Appends a signed addendum to a signed report.
-    pub fn add_addendum(&mut self, user: &str, study_uid: &str, text: &str) -> Result<ReportVersion> {
-        self.require(user, Role::Reader)?;
+    pub fn add_addendum(&mut self, reader: &Credential, study_uid: &str, text: &str) -> Result<ReportVersion> {
+        self.require(reader, Role::Reader)?;
+        let user = reader.name();
         if !self.is_signed(study_uid)? {
             return Err(Error::NotSigned);
         }
@@ -1009,11 +1368,13 @@ impl ReportStore {
         let at = self.now();
         let body = serde_json::to_string(&VersionBody::Addendum { text: text.to_owned() })?;
         let hash = sha256_hex(body.as_bytes());
+        let signature = reader.sign(&signing::report_signature_message(study_uid, "addendum", &hash, user, &at));
         let id = self.durably(|tx| {
             tx.execute(
-                "INSERT INTO versions (report_id, kind, body, author, saved_at, signed_by, signed_at, content_sha256)
-                 VALUES (?1, 'addendum', ?2, ?3, ?4, ?3, ?4, ?5)",
-                params![report_id, body, user, at, hash],
+                "INSERT INTO versions
+                 (report_id, kind, body, author, saved_at, signed_by, signed_at, content_sha256, signature, signer_key)
+                 VALUES (?1, 'addendum', ?2, ?3, ?4, ?3, ?4, ?5, ?6, ?7)",
+                params![report_id, body, user, at, hash, signature, reader.fingerprint()],
             )?;
             let id = tx.last_insert_rowid();
             append_audit_tx(
@@ -1022,7 +1383,7 @@ impl ReportStore {
                 user,
                 AuditAction::Addendum,
                 study_uid,
-                &serde_json::json!({ "version": id, "content_sha256": hash }),
+                &serde_json::json!({ "version": id, "content_sha256": hash, "key": reader.fingerprint() }),
             )?;
             Ok(id)
         })?;
@@ -1059,7 +1420,8 @@ impl ReportStore {
 
     fn versions_where(&self, condition: &str, value: &dyn rusqlite::ToSql) -> Result<Vec<ReportVersion>> {
         let sql = format!(
-            "SELECT v.id, r.study_uid, v.kind, v.body, v.author, v.saved_at, v.signed_by, v.signed_at, v.content_sha256
+            "SELECT v.id, r.study_uid, v.kind, v.body, v.author, v.saved_at, v.signed_by, v.signed_at, v.content_sha256,
+                    v.signer_key
              FROM versions v JOIN reports r ON r.id = v.report_id WHERE {condition}
              ORDER BY CASE v.kind WHEN 'draft' THEN 1 ELSE 0 END, v.id"
         );
@@ -1075,11 +1437,12 @@ impl ReportStore {
                 r.get::<_, Option<String>>(6)?,
                 r.get::<_, Option<String>>(7)?,
                 r.get::<_, String>(8)?,
+                r.get::<_, Option<String>>(9)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, study_uid, kind, body, author, saved_at, signed_by, signed_at, content_sha256) = row?;
+            let (id, study_uid, kind, body, author, saved_at, signed_by, signed_at, content_sha256, signer_key) = row?;
             out.push(ReportVersion {
                 id,
                 study_uid,
@@ -1090,6 +1453,7 @@ impl ReportStore {
                 signed_by,
                 signed_at,
                 content_sha256,
+                signer_key,
             });
         }
         Ok(out)
@@ -1254,17 +1618,34 @@ mod tests {
         }
     }
 
-    fn store() -> (tempfile::TempDir, ReportStore) {
+    fn pass(text: &str) -> Passphrase {
+        Passphrase::new(text.to_owned())
+    }
+
+    /// Gives `store` the key folder `dir/keys` and, when it has no administrator yet, dr.kim
+    /// (reader, administrator) and qa.lee (QA lead).
+    fn with_people(store: &mut ReportStore, dir: &Path) -> (Credential, Credential) {
+        store.set_key_store(KeyStore::in_dir(&dir.join("keys")).unwrap());
+        if !store.has_admin().unwrap() {
+            let kim = store.init_admin("dr.kim", Role::Reader, &pass("kim's passphrase")).unwrap();
+            store.add_user(&kim, "qa.lee", Role::QaLead, false, &pass("lee's passphrase")).unwrap();
+        }
+        (
+            store.unlock("dr.kim", &pass("kim's passphrase")).unwrap(),
+            store.unlock("qa.lee", &pass("lee's passphrase")).unwrap(),
+        )
+    }
+
+    fn store() -> (tempfile::TempDir, ReportStore, Credential, Credential) {
         let dir = tempfile::tempdir().unwrap();
         let mut store = ReportStore::open(dir.path()).unwrap();
-        store.add_user("dr.kim", Role::Reader).unwrap();
-        store.add_user("qa.lee", Role::QaLead).unwrap();
-        (dir, store)
+        let (kim, lee) = with_people(&mut store, dir.path());
+        (dir, store, kim, lee)
     }
 
     #[test]
     fn sign_makes_the_report_immutable_in_code_and_in_sqlite() {
-        let (dir, mut store) = store();
+        let (dir, mut store, kim, lee) = store();
         let inputs = inputs();
         store.record_ai_run("dr.kim", "1.2.3", &inputs.findings).unwrap();
         let mut report = draft(&inputs, &Decisions::new(), Lang::En);
@@ -1274,14 +1655,15 @@ mod tests {
         assert_eq!(store.versions("1.2.3").unwrap().len(), 1, "autosave overwrites the draft");
         assert!(matches!(store.export_source("1.2.3", false), Err(Error::NotSigned)));
         assert_eq!(store.export_source("1.2.3", true).unwrap().status, ReportStatus::Draft);
-        assert!(matches!(store.sign("qa.lee", "1.2.3"), Err(Error::Forbidden { .. })));
-        let signed = store.sign("dr.kim", "1.2.3").unwrap();
+        assert!(matches!(store.sign(&lee, "1.2.3"), Err(Error::Forbidden { .. })));
+        let signed = store.sign(&kim, "1.2.3").unwrap();
+        assert_eq!(signed.signer_key.as_deref(), Some(kim.fingerprint()));
         assert_eq!(signed.kind, VersionKind::Signed);
         assert_eq!(signed.signed_by.as_deref(), Some("dr.kim"));
         // Code path.
         assert!(matches!(store.save_draft("dr.kim", "1.2.3", &report), Err(Error::Signed)));
-        assert!(matches!(store.sign("dr.kim", "1.2.3"), Err(Error::Signed)));
-        assert!(matches!(store.set_decision("dr.kim", "1.2.3", "ptx", &FindingDecision::Accepted), Err(Error::Signed)));
+        assert!(matches!(store.sign(&kim, "1.2.3"), Err(Error::Signed)));
+        assert!(matches!(store.set_decision(&kim, "1.2.3", "ptx", &FindingDecision::Accepted), Err(Error::Signed)));
         // Trigger path: straight SQL is refused too.
         let conn = Connection::open(dir.path().join(ReportStore::FILE_NAME)).unwrap();
         let err = conn.execute("UPDATE versions SET body = 'x' WHERE kind = 'signed'", []).unwrap_err();
@@ -1294,17 +1676,17 @@ mod tests {
         let before = store.versions("1.2.3").unwrap();
         store
             .add_qa_review(
-                "qa.lee",
+                &lee,
                 "1.2.3",
                 "ptx",
                 &FindingDecision::Rejected { reason: ReasonCode::FalsePositive, comment: "skin fold".into() },
             )
             .unwrap();
-        assert!(store.add_qa_review("dr.kim", "1.2.3", "ptx", &FindingDecision::Accepted).is_err());
+        assert!(store.add_qa_review(&kim, "1.2.3", "ptx", &FindingDecision::Accepted).is_err());
         assert_eq!(store.versions("1.2.3").unwrap(), before);
         assert_eq!(store.qa_reviews("1.2.3").unwrap().len(), 1);
         // Addendum.
-        let add = store.add_addendum("dr.kim", "1.2.3", "Follow-up radiograph recommended.").unwrap();
+        let add = store.add_addendum(&kim, "1.2.3", "Follow-up radiograph recommended.").unwrap();
         assert_eq!(add.kind, VersionKind::Addendum);
         assert_eq!(store.status("1.2.3").unwrap(), Some(ReportStatus::Amended));
         let export = store.export_source("1.2.3", false).unwrap();
@@ -1312,6 +1694,7 @@ mod tests {
         assert!(export.report.section_text(SectionId::Impression).contains("moderate"));
         assert_eq!(export.addenda.len(), 1);
         assert!(store.verify_audit().unwrap().is_intact());
+        assert!(store.verify_signed_versions(None).unwrap().is_empty());
         assert_eq!(store.integrity_check().unwrap(), "ok");
     }
 
@@ -1367,9 +1750,9 @@ mod tests {
         let (dir, anchors) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let build = || {
             let mut store = anchored(dir.path(), anchors.path());
-            store.add_user("dr.kim", Role::Reader).unwrap();
+            let (kim, _) = with_people(&mut store, dir.path());
             store.record_open("dr.kim", "1.2.3").unwrap();
-            store.set_decision("dr.kim", "1.2.3", "ptx", &FindingDecision::Accepted).unwrap();
+            store.set_decision(&kim, "1.2.3", "ptx", &FindingDecision::Accepted).unwrap();
             store.record_open("dr.kim", "1.2.4").unwrap();
             assert!(store.verify_audit().unwrap().is_intact());
         };
@@ -1424,12 +1807,12 @@ mod tests {
 
     #[test]
     fn a_signed_text_changed_behind_the_triggers_is_caught_on_show_export_and_verify() {
-        let (dir, mut store) = store();
+        let (dir, mut store, kim, _lee) = store();
         let inputs = inputs();
         let mut report = draft(&inputs, &Decisions::new(), Lang::En);
         report.set_section_text(SectionId::Impression, "Right pneumothorax, moderate.");
         store.save_draft("dr.kim", "1.2.3", &report).unwrap();
-        store.sign("dr.kim", "1.2.3").unwrap();
+        store.sign(&kim, "1.2.3").unwrap();
         assert!(store.verify_signed_versions(None).unwrap().is_empty());
         drop(store);
         // Drop the trigger, change the signed text, and recompute its stored hash too.
@@ -1453,9 +1836,9 @@ mod tests {
 
     #[test]
     fn a_tampered_audit_row_is_found() {
-        let (dir, mut store) = store();
+        let (dir, mut store, kim, _lee) = store();
         store.record_open("dr.kim", "1.2.3").unwrap();
-        store.set_decision("dr.kim", "1.2.3", "ptx", &FindingDecision::Accepted).unwrap();
+        store.set_decision(&kim, "1.2.3", "ptx", &FindingDecision::Accepted).unwrap();
         store.record_open("dr.kim", "1.2.4").unwrap();
         let verdict = store.verify_audit().unwrap();
         assert!(verdict.is_intact());
@@ -1479,10 +1862,10 @@ mod tests {
 
     #[test]
     fn audit_details_carry_no_comment_text() {
-        let (_dir, mut store) = store();
+        let (_dir, mut store, kim, _lee) = store();
         store
             .set_decision(
-                "dr.kim",
+                &kim,
                 "1.2.3",
                 "ptx",
                 &FindingDecision::Rejected { reason: ReasonCode::Other, comment: "Hong Gildong's old scar".into() },
@@ -1491,5 +1874,173 @@ mod tests {
         let log = store.audit_log().unwrap();
         assert!(log.iter().all(|e| !e.detail.contains("Gildong")));
         assert!(log.last().unwrap().detail.contains("\"reason\":\"other\""));
+    }
+
+    fn signed_study(store: &mut ReportStore, reader: &Credential, study_uid: &str) -> ReportVersion {
+        let report = draft(&inputs(), &Decisions::new(), Lang::En);
+        store.save_draft(reader.name(), study_uid, &report).unwrap();
+        store.sign(reader, study_uid).unwrap()
+    }
+
+    #[test]
+    fn roles_come_from_endorsed_keys_not_from_names() {
+        let (dir, mut store, kim, lee) = store();
+        // Only the passphrase opens a key; a second first administrator is refused.
+        assert!(matches!(store.unlock("dr.kim", &pass("guess guess")), Err(Error::Forbidden { .. })));
+        assert!(matches!(store.unlock("nobody", &pass("guess guess")), Err(Error::Forbidden { .. })));
+        assert!(matches!(
+            store.init_admin("eve", Role::Reader, &pass("eve's passphrase")),
+            Err(Error::Forbidden { .. })
+        ));
+        // Only an administrator adds users; short passphrases are refused.
+        assert!(matches!(
+            store.add_user(&lee, "dr.park", Role::Reader, false, &pass("park's passphrase")),
+            Err(Error::Forbidden { .. })
+        ));
+        assert!(matches!(
+            store.add_user(&kim, "dr.park", Role::Reader, false, &pass("short")),
+            Err(Error::Invalid { .. })
+        ));
+        let park = store.add_user(&kim, "dr.park", Role::Reader, false, &pass("park's passphrase")).unwrap();
+        assert_eq!(park.endorsed_by, kim.fingerprint());
+        let park = store.unlock("dr.park", &pass("park's passphrase")).unwrap();
+        signed_study(&mut store, &park, "1.2.3");
+        assert!(store.verify_signed_versions(None).unwrap().is_empty());
+
+        // Someone who can write the database adds a reader with a key of their own, endorsed by
+        // itself, and signs with it: the key does not lead to the trust root.
+        let forged_key = signing::new_key().unwrap();
+        let mut forged = KeyRecord {
+            fingerprint: signing::fingerprint(&forged_key.verifying_key()),
+            name: "mallory".into(),
+            role: Role::Reader,
+            admin: true,
+            public_key: hex::encode(forged_key.verifying_key().as_bytes()),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            endorsed_by: String::new(),
+            endorsement: String::new(),
+        };
+        forged.endorsed_by = forged.fingerprint.clone();
+        let forged_credential = Credential::new(forged.clone(), forged_key.clone());
+        forged.endorsement = forged_credential.sign(&forged.endorsement_message());
+        store.insert_key(&forged, "mallory", "forged").unwrap();
+        let forged_credential = Credential::new(forged.clone(), forged_key);
+        store.save_draft("mallory", "1.2.4", &draft(&inputs(), &Decisions::new(), Lang::En)).unwrap();
+        assert!(matches!(store.sign(&forged_credential, "1.2.4"), Err(Error::Tampered { .. })));
+        assert!(matches!(
+            store.add_user(&forged_credential, "x.y", Role::Reader, false, &pass("x's passphrase")),
+            Err(Error::Tampered { .. })
+        ));
+        // Even written straight into the table, the forged signature is found.
+        let body = serde_json::to_string(&VersionBody::Report(draft(&inputs(), &Decisions::new(), Lang::En))).unwrap();
+        let hash = sha256_hex(body.as_bytes());
+        let at = "2026-12-01T00:00:00Z";
+        let signature =
+            forged_credential.sign(&signing::report_signature_message("1.2.4", "signed", &hash, "mallory", at));
+        let report_id = store.report_id("1.2.4").unwrap().unwrap();
+        store
+            .conn
+            .execute(
+                "INSERT INTO versions
+                 (report_id, kind, body, author, saved_at, signed_by, signed_at, content_sha256, signature, signer_key)
+                 VALUES (?1, 'signed', ?2, 'mallory', ?3, 'mallory', ?3, ?4, ?5, ?6)",
+                params![report_id, body, at, hash, signature, forged.fingerprint],
+            )
+            .unwrap();
+        let id = store.conn.last_insert_rowid();
+        store
+            .append_audit(
+                "mallory",
+                AuditAction::Sign,
+                "1.2.4",
+                &serde_json::json!({ "version": id, "content_sha256": hash }),
+            )
+            .unwrap();
+        let tampered = store.verify_signed_versions(Some("1.2.4")).unwrap();
+        assert!(tampered.iter().any(|t| t.reason.contains("not trusted")), "{tampered:?}");
+        drop(dir);
+    }
+
+    #[test]
+    fn a_forgotten_passphrase_gets_a_new_key_and_old_signatures_still_verify() {
+        let (_dir, mut store, kim, lee) = store();
+        let admin = kim;
+        store.add_user(&admin, "dr.park", Role::Reader, false, &pass("park's passphrase")).unwrap();
+        let old = store.unlock("dr.park", &pass("park's passphrase")).unwrap();
+        signed_study(&mut store, &old, "1.2.3");
+        // dr.park forgets the passphrase: an administrator issues a new key.
+        assert!(matches!(
+            store.rekey(&lee, "dr.park", Role::Reader, false, &pass("new passphrase")),
+            Err(Error::Forbidden { .. })
+        ));
+        store.rekey(&admin, "dr.park", Role::Reader, false, &pass("new passphrase")).unwrap();
+        assert!(store.unlock("dr.park", &pass("park's passphrase")).is_err(), "the old passphrase still opens");
+        let new = store.unlock("dr.park", &pass("new passphrase")).unwrap();
+        assert_ne!(new.fingerprint(), old.fingerprint());
+        // The old key no longer signs; what it signed still verifies.
+        let report = draft(&inputs(), &Decisions::new(), Lang::En);
+        store.save_draft("dr.park", "1.2.4", &report).unwrap();
+        assert!(matches!(store.sign(&old, "1.2.4"), Err(Error::Forbidden { .. })));
+        store.sign(&new, "1.2.4").unwrap();
+        assert!(store.verify_signed_versions(None).unwrap().is_empty());
+        assert_eq!(store.key_records().unwrap().iter().filter(|r| r.name == "dr.park").count(), 2);
+        // A user changes their own passphrase: same key.
+        store.change_passphrase("dr.park", &pass("new passphrase"), &pass("my own passphrase")).unwrap();
+        assert_eq!(store.unlock("dr.park", &pass("my own passphrase")).unwrap().fingerprint(), new.fingerprint());
+        assert!(store.verify_audit().unwrap().is_intact());
+    }
+
+    #[test]
+    fn a_stripped_signature_is_found_and_name_only_versions_from_before_keys_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = ReportStore::open(dir.path()).unwrap();
+        // A store from before signing keys: a version signed by name, with its audit row.
+        store.set_clock(|| "2025-01-01T00:00:00Z".into());
+        store.save_draft("dr.kim", "1.2.3", &draft(&inputs(), &Decisions::new(), Lang::En)).unwrap();
+        let draft_id = store.draft("1.2.3").unwrap().unwrap().id;
+        let (body, hash): (String, String) = store
+            .conn
+            .query_row("SELECT body, content_sha256 FROM versions WHERE id = ?1", [draft_id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        let report_id = store.report_id("1.2.3").unwrap().unwrap();
+        store
+            .conn
+            .execute(
+                "INSERT INTO versions (report_id, kind, body, author, saved_at, signed_by, signed_at, content_sha256)
+                 VALUES (?1, 'signed', ?2, 'dr.kim', '2025-01-01T00:00:00Z', 'dr.kim', '2025-01-01T00:00:00Z', ?3)",
+                params![report_id, body, hash],
+            )
+            .unwrap();
+        let id = store.conn.last_insert_rowid();
+        store.conn.execute("DELETE FROM versions WHERE id = ?1", [draft_id]).unwrap();
+        store
+            .append_audit(
+                "dr.kim",
+                AuditAction::Sign,
+                "1.2.3",
+                &serde_json::json!({ "version": id, "content_sha256": hash }),
+            )
+            .unwrap();
+        store.set_clock(crate::time::now_rfc3339);
+        let (kim, _) = with_people(&mut store, dir.path());
+        assert!(store.verify_signed_versions(None).unwrap().is_empty(), "a name-only version from before keys");
+        // A version signed with a key whose signature is stripped afterwards.
+        signed_study(&mut store, &kim, "1.2.4");
+        store
+            .conn
+            .execute_batch(
+                "DROP TRIGGER signed_versions_are_immutable;
+                 UPDATE versions SET signature = NULL, signer_key = NULL WHERE signer_key IS NOT NULL;",
+            )
+            .unwrap();
+        let tampered = store.verify_signed_versions(None).unwrap();
+        assert_eq!(tampered.len(), 1, "{tampered:?}");
+        assert!(tampered[0].reason.contains("no signature"), "{tampered:?}");
+        assert!(matches!(store.export_source("1.2.4", false), Err(Error::Tampered { .. })));
+        // The key rows are append-only, like the audit.
+        let err = store.conn.execute("UPDATE user_keys SET role = 'qa_lead'", []).unwrap_err();
+        assert!(err.to_string().contains("append-only"), "{err}");
     }
 }

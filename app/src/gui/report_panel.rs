@@ -13,6 +13,11 @@
 //! The report store (`report::store::ReportStore`, SQLite) belongs to the `lucent-report` worker
 //! thread; the UI sends requests on a bounded channel and polls the replies. Drafts are autosaved
 //! a moment after the last keystroke.
+//!
+//! Deciding, signing, addenda and QA reviews need a **signed-in** user: the reader types their
+//! passphrase once, the worker unlocks their signing key (`report::signing`) and keeps it until
+//! *Sign out*; the passphrase itself is dropped at once. On a store without users, the same place
+//! offers to create the first administrator.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,6 +28,7 @@ use report::draft::{Report, SectionId};
 use report::model::{AiFinding, Decisions, FindingDecision, FindingEdit, Lang as ReportLang, ReasonCode, Side};
 use report::stats::LabelStats;
 use report::store::{DecidedFinding, ReportStatus, ReportStore, ReportVersion, Role};
+use report::{Credential, Passphrase};
 
 use super::i18n::Lang;
 use crate::ai::{DISCLAIMER, ReadReport, SeriesReading};
@@ -49,16 +55,13 @@ enum Request {
         study_uid: String,
         finding_id: String,
         decision: FindingDecision,
-        user: String,
     },
     Sign {
         study_uid: String,
-        user: String,
     },
     Addendum {
         study_uid: String,
         text: String,
-        user: String,
     },
     Export {
         study_uid: String,
@@ -71,27 +74,64 @@ enum Request {
         study_uid: String,
         finding_id: String,
         decision: FindingDecision,
-        user: String,
     },
-    EnsureUser {
+    /// Whether the store has an administrator yet.
+    Users,
+    /// Unlocks `name`'s signing key and keeps it in the worker.
+    SignIn {
+        name: String,
+        passphrase: Passphrase,
+    },
+    SignOut,
+    /// Creates the first administrator and signs them in.
+    InitAdmin {
         name: String,
         role: Role,
+        passphrase: Passphrase,
     },
     /// The statistics as CSV and the reviewers' marks for retraining (SR + JSONL) into `dir`.
     ExportQa {
         dir: PathBuf,
-        user: String,
     },
 }
 
 enum Reply {
     Opened(Box<Opened>),
     Saved,
-    Versions { study_uid: String, versions: Vec<ReportVersion>, status: Option<ReportStatus> },
-    Exported { study_uid: String, files: Vec<PathBuf> },
-    Worklist { decided: Vec<DecidedFinding>, stats: Vec<LabelStats> },
+    Versions {
+        study_uid: String,
+        versions: Vec<ReportVersion>,
+        status: Option<ReportStatus>,
+    },
+    Exported {
+        study_uid: String,
+        files: Vec<PathBuf>,
+    },
+    Worklist {
+        decided: Vec<DecidedFinding>,
+        stats: Vec<LabelStats>,
+    },
     Error(String),
     Info(String),
+    /// Who is signed in (None: nobody), and whether the store has an administrator.
+    Session {
+        signed_in: Option<SignedIn>,
+        has_admin: bool,
+    },
+}
+
+/// The signed-in user as the UI shows them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedIn {
+    pub name: String,
+    pub role: Role,
+    pub admin: bool,
+}
+
+impl SignedIn {
+    fn of(credential: &Credential) -> Self {
+        Self { name: credential.name().to_owned(), role: credential.role(), admin: credential.is_admin() }
+    }
 }
 
 struct Opened {
@@ -115,6 +155,7 @@ impl Worker {
         std::thread::Builder::new().name("lucent-report".into()).spawn(move || {
             let mut store: Option<ReportStore> = None;
             let mut bundles: Vec<StudyBundle> = Vec::new();
+            let mut credential: Option<Credential> = None;
             for request in rx.iter() {
                 let store = match &mut store {
                     Some(s) => s,
@@ -127,8 +168,8 @@ impl Worker {
                         }
                     },
                 };
-                let reply =
-                    handle(store, &store_dir, &mut bundles, request).unwrap_or_else(|e| Reply::Error(format!("{e:#}")));
+                let reply = handle(store, &store_dir, &mut bundles, &mut credential, request)
+                    .unwrap_or_else(|e| Reply::Error(format!("{e:#}")));
                 if tx.send(reply).is_err() {
                     break;
                 }
@@ -147,28 +188,36 @@ fn versions_reply(store: &ReportStore, study_uid: &str) -> anyhow::Result<Reply>
     })
 }
 
+/// The signed-in user's credential, or why there is none.
+fn signed_in(credential: Option<&Credential>) -> anyhow::Result<&Credential> {
+    credential.ok_or_else(|| anyhow::anyhow!("sign in first: your name and passphrase, at the top of the window"))
+}
+
+fn session_reply(store: &ReportStore, credential: Option<&Credential>) -> anyhow::Result<Reply> {
+    Ok(Reply::Session { signed_in: credential.map(SignedIn::of), has_admin: store.has_admin()? })
+}
+
 fn handle(
     store: &mut ReportStore,
     store_dir: &Path,
     bundles: &mut Vec<StudyBundle>,
+    credential: &mut Option<Credential>,
     request: Request,
 ) -> anyhow::Result<Reply> {
     match request {
-        Request::EnsureUser { name, role } => {
-            match store.user(&name)? {
-                Some(u) if u.role == role => {}
-                Some(u) => {
-                    return Ok(Reply::Error(format!(
-                        "The profile {name:?} is a {}; choose another name for a {}",
-                        u.role.code(),
-                        role.code()
-                    )));
-                }
-                None => {
-                    store.add_user(&name, role)?;
-                }
-            }
-            Ok(Reply::Info(format!("Working as {name} ({})", role.code())))
+        Request::Users => session_reply(store, credential.as_ref()),
+        Request::SignIn { name, passphrase } => {
+            *credential = None;
+            *credential = Some(store.unlock(&name, &passphrase)?);
+            session_reply(store, credential.as_ref())
+        }
+        Request::SignOut => {
+            *credential = None;
+            session_reply(store, None)
+        }
+        Request::InitAdmin { name, role, passphrase } => {
+            *credential = Some(store.init_admin(&name, role, &passphrase)?);
+            session_reply(store, credential.as_ref())
         }
         Request::Open { study_uid, study_dir, readings, lang, user } => {
             let reading = ReadReport { disclaimer: DISCLAIMER, series: readings };
@@ -207,16 +256,19 @@ fn handle(
             store.save_draft(&user, &study_uid, &report)?;
             Ok(Reply::Saved)
         }
-        Request::Decide { study_uid, finding_id, decision, user } => {
-            store.set_decision(&user, &study_uid, &finding_id, &decision)?;
+        Request::Decide { study_uid, finding_id, decision } => {
+            let reader = signed_in(credential.as_ref())?;
+            store.set_decision(reader, &study_uid, &finding_id, &decision)?;
             Ok(Reply::Saved)
         }
-        Request::Sign { study_uid, user } => {
-            store.sign(&user, &study_uid)?;
+        Request::Sign { study_uid } => {
+            let reader = signed_in(credential.as_ref())?;
+            store.sign(reader, &study_uid)?;
             versions_reply(store, &study_uid)
         }
-        Request::Addendum { study_uid, text, user } => {
-            store.add_addendum(&user, &study_uid, &text)?;
+        Request::Addendum { study_uid, text } => {
+            let reader = signed_in(credential.as_ref())?;
+            store.add_addendum(reader, &study_uid, &text)?;
             versions_reply(store, &study_uid)
         }
         Request::Export { study_uid, preliminary, dir, user } => {
@@ -252,21 +304,23 @@ fn handle(
             let stats = report::stats::compute(&decided);
             Ok(Reply::Worklist { decided, stats })
         }
-        Request::QaReview { study_uid, finding_id, decision, user } => {
-            store.add_qa_review(&user, &study_uid, &finding_id, &decision)?;
+        Request::QaReview { study_uid, finding_id, decision } => {
+            let qa_lead = signed_in(credential.as_ref())?;
+            store.add_qa_review(qa_lead, &study_uid, &finding_id, &decision)?;
             let decided = store.decided_findings()?;
             let stats = report::stats::compute(&decided);
             Ok(Reply::Worklist { decided, stats })
         }
-        Request::ExportQa { dir, user } => {
+        Request::ExportQa { dir } => {
             use anyhow::Context as _;
+            let qa_lead = signed_in(credential.as_ref())?;
             let stats = report::stats::compute(&store.decided_findings()?);
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             std::fs::write(dir.join("qa_statistics.csv"), report::stats::to_csv(&stats))?;
             std::fs::write(dir.join("qa_score_histogram.csv"), report::stats::histogram_csv(&stats))?;
             let marks_dir = dir.join("qa-marks");
             let now = report::time::now_rfc3339();
-            let s = crate::qa_export::export_qa_marks(store, store_dir, &marks_dir, &user, &now)?;
+            let s = crate::qa_export::export_qa_marks(store, store_dir, &marks_dir, qa_lead, &now)?;
             Ok(Reply::Info(format!(
                 "Wrote qa_statistics.csv, qa_score_histogram.csv and {} review mark(s) ({} SR file(s) + marks.jsonl) to {}",
                 s.marks,
@@ -327,8 +381,15 @@ pub struct ReportPanel {
     pub open: bool,
     pub qa_open: bool,
     worker: Worker,
+    /// The name typed in the sign-in line (drafts are saved under it until someone signs in).
     pub user: String,
-    role: Role,
+    /// Typed, sent once, then cleared.
+    passphrase: String,
+    passphrase_repeat: String,
+    new_admin_role: Role,
+    session: Option<SignedIn>,
+    /// Whether the store has an administrator (None until the worker says).
+    has_admin: Option<bool>,
     lang: ReportLang,
     study_uid: Option<String>,
     bundle: Option<StudyBundle>,
@@ -380,7 +441,11 @@ impl ReportPanel {
             qa_open: false,
             worker: Worker::start(store_dir, repaint)?,
             user,
-            role: Role::Reader,
+            passphrase: String::new(),
+            passphrase_repeat: String::new(),
+            new_admin_role: Role::Reader,
+            session: None,
+            has_admin: None,
             lang: ReportLang::En,
             study_uid: None,
             bundle: None,
@@ -410,7 +475,7 @@ impl ReportPanel {
             qa_decision: None,
             qa_rejecting: None,
         };
-        panel.send(Request::EnsureUser { name: panel.user.clone(), role: Role::Reader });
+        panel.send(Request::Users);
         Ok(panel)
     }
 
@@ -436,7 +501,7 @@ impl ReportPanel {
             study_dir,
             readings,
             lang: self.lang,
-            user: self.user.clone(),
+            user: self.author(),
         });
     }
 
@@ -465,11 +530,54 @@ impl ReportPanel {
         &self.warnings
     }
 
-    /// Works as `name` with `role` from now on (the profile is created when new).
-    pub fn use_profile(&mut self, name: &str, role: Role) {
-        self.user = name.to_owned();
-        self.role = role;
-        self.send(Request::EnsureUser { name: name.to_owned(), role });
+    /// Signs `name` in: the worker unlocks their signing key with `passphrase`.
+    pub fn sign_in(&mut self, name: &str, passphrase: &str) {
+        self.user = name.trim().to_owned();
+        self.send(Request::SignIn { name: self.user.clone(), passphrase: Passphrase::new(passphrase.to_owned()) });
+    }
+
+    /// Creates the first administrator (on a store without users) and signs them in.
+    pub fn create_first_admin(&mut self, name: &str, role: Role, passphrase: &str) {
+        self.user = name.trim().to_owned();
+        self.send(Request::InitAdmin {
+            name: self.user.clone(),
+            role,
+            passphrase: Passphrase::new(passphrase.to_owned()),
+        });
+    }
+
+    pub fn sign_out(&mut self) {
+        self.send(Request::SignOut);
+    }
+
+    /// Who is signed in.
+    pub fn signed_in_as(&self) -> Option<&SignedIn> {
+        self.session.as_ref()
+    }
+
+    /// Whether the store has an administrator (None until known).
+    pub fn has_admin(&self) -> Option<bool> {
+        self.has_admin
+    }
+
+    /// The name drafts and exports are recorded under: the signed-in user, else the typed name.
+    fn author(&self) -> String {
+        self.session.as_ref().map_or_else(|| self.user.trim().to_owned(), |s| s.name.clone())
+    }
+
+    /// Refuses (with a message) what needs a signed-in user of `role` when there is none.
+    fn require_session(&mut self, role: Role) -> bool {
+        match &self.session {
+            Some(s) if s.role == role => true,
+            Some(s) => {
+                self.message = format!("{} is a {}; this needs a {}", s.name, s.role.code(), role.code());
+                false
+            }
+            None => {
+                self.message = "Sign in first: your name and passphrase, at the top of the window".into();
+                false
+            }
+        }
     }
 
     /// Reloads the QA worklist and statistics.
@@ -497,20 +605,20 @@ impl ReportPanel {
     }
 
     /// Records a QA lead's review of one finding (never changes a report version).
-    pub fn qa_review(&self, study_uid: &str, finding_id: &str, decision: FindingDecision) {
-        self.send(Request::QaReview {
-            study_uid: study_uid.to_owned(),
-            finding_id: finding_id.to_owned(),
-            decision,
-            user: self.user.trim().to_owned(),
-        });
+    pub fn qa_review(&mut self, study_uid: &str, finding_id: &str, decision: FindingDecision) {
+        if !self.require_session(Role::QaLead) {
+            return;
+        }
+        self.send(Request::QaReview { study_uid: study_uid.to_owned(), finding_id: finding_id.to_owned(), decision });
     }
 
     /// Signs the current draft (after saving pending edits).
     pub fn sign(&mut self) {
-        if let Some(study) = self.study_uid.clone() {
+        if let Some(study) = self.study_uid.clone()
+            && self.require_session(Role::Reader)
+        {
             self.flush_autosave();
-            self.send(Request::Sign { study_uid: study, user: self.user.clone() });
+            self.send(Request::Sign { study_uid: study });
         }
     }
 
@@ -534,22 +642,21 @@ impl ReportPanel {
             && let (Some(study_uid), Some(report)) = (&self.study_uid, &self.report)
             && !self.signed()
         {
-            self.send(Request::SaveDraft {
-                study_uid: study_uid.clone(),
-                report: report.clone(),
-                user: self.user.clone(),
-            });
+            self.send(Request::SaveDraft { study_uid: study_uid.clone(), report: report.clone(), user: self.author() });
         }
     }
 
     /// Records the reader's decision on a finding and updates the AI sentences of the draft.
     pub fn decide(&mut self, finding_id: &str, decision: FindingDecision) {
+        if !self.require_session(Role::Reader) {
+            return;
+        }
         let (Some(study_uid), Some(bundle)) = (self.study_uid.clone(), &self.bundle) else { return };
         self.decisions.insert(finding_id.to_owned(), decision.clone());
         if let Some(report) = &mut self.report {
             report.update(&bundle.inputs, &self.decisions);
         }
-        self.send(Request::Decide { study_uid, finding_id: finding_id.to_owned(), decision, user: self.user.clone() });
+        self.send(Request::Decide { study_uid, finding_id: finding_id.to_owned(), decision });
         self.dirty_since = Some(0.0);
         self.flush_autosave();
         self.recheck();
@@ -601,6 +708,15 @@ impl ReportPanel {
                     out.status = Some(e);
                 }
                 Reply::Info(text) => self.message = text,
+                Reply::Session { signed_in, has_admin } => {
+                    self.message = match &signed_in {
+                        Some(s) => format!("Signed in as {} ({})", s.name, s.role.code()),
+                        None if has_admin => "Signed out".into(),
+                        None => "No users yet: create the first administrator".into(),
+                    };
+                    self.session = signed_in;
+                    self.has_admin = Some(has_admin);
+                }
             }
         }
         out
@@ -706,20 +822,72 @@ fn side_label(side: Side) -> &'static str {
     }
 }
 
+/// The sign-in line shared by the report and QA windows: who is signed in (and *Sign out*), the
+/// name and passphrase to sign in, or, on a store without users, the first administrator's form.
+fn session_ui(ui: &mut egui::Ui, p: &mut ReportPanel, lang: Lang) {
+    if let Some(s) = p.session.clone() {
+        ui.horizontal(|ui| {
+            let role = match s.role {
+                Role::Reader => lang.tr("Reader"),
+                Role::QaLead => lang.tr("QA lead"),
+            };
+            let admin = if s.admin { format!(", {}", lang.tr("administrator")) } else { String::new() };
+            ui.label(format!("{} {} ({role}{admin})", lang.tr("Signed in as"), s.name));
+            if ui.button(lang.tr("Sign out")).clicked() {
+                p.sign_out();
+            }
+        });
+        return;
+    }
+    let first_admin = p.has_admin == Some(false);
+    if first_admin {
+        ui.label(lang.tr("No users yet: create the first administrator, who then adds the others"));
+    }
+    let mut submit = false;
+    ui.horizontal(|ui| {
+        let label = ui.label(lang.tr("Name"));
+        ui.add(egui::TextEdit::singleline(&mut p.user).desired_width(110.0)).labelled_by(label.id);
+        let label = ui.label(lang.tr("Passphrase"));
+        let field = ui
+            .add(egui::TextEdit::singleline(&mut p.passphrase).password(true).desired_width(130.0))
+            .labelled_by(label.id);
+        submit |= field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+        if first_admin {
+            let label = ui.label(lang.tr("Repeat"));
+            ui.add(egui::TextEdit::singleline(&mut p.passphrase_repeat).password(true).desired_width(130.0))
+                .labelled_by(label.id);
+            for (role, text) in [(Role::Reader, "Reader"), (Role::QaLead, "QA lead")] {
+                if ui.selectable_label(p.new_admin_role == role, lang.tr(text)).clicked() {
+                    p.new_admin_role = role;
+                }
+            }
+            submit |= ui.button(lang.tr("Create administrator")).clicked();
+        } else {
+            submit |= ui.button(lang.tr("Sign in")).clicked();
+        }
+    });
+    if submit && !p.user.trim().is_empty() && !p.passphrase.is_empty() {
+        let passphrase = std::mem::take(&mut p.passphrase);
+        let repeat = std::mem::take(&mut p.passphrase_repeat);
+        let name = p.user.clone();
+        if !first_admin {
+            p.sign_in(&name, &passphrase);
+        } else if repeat != passphrase {
+            p.message = lang.tr("The two passphrases differ").to_owned();
+        } else {
+            p.create_first_admin(&name, p.new_admin_role, &passphrase);
+        }
+    }
+}
+
 /// The report window.
 pub fn report_window_ui(ctx: &egui::Context, p: &mut ReportPanel, lang: Lang) -> ReportOutput {
     let mut out = ReportOutput::default();
     let mut open = p.open;
     let now = ctx.input(|i| i.time);
     egui::Window::new(lang.tr("Report")).open(&mut open).default_size([620.0, 720.0]).resizable(true).show(ctx, |ui| {
+        session_ui(ui, p, lang);
         ui.horizontal(|ui| {
-            let label = ui.label(lang.tr("Reader"));
-            let edited =
-                ui.add(egui::TextEdit::singleline(&mut p.user).desired_width(120.0)).labelled_by(label.id).lost_focus();
-            if edited && !p.user.trim().is_empty() {
-                p.send(Request::EnsureUser { name: p.user.trim().to_owned(), role: Role::Reader });
-            }
-            ui.separator();
             ui.label(lang.tr("Report language"));
             for l in [ReportLang::En, ReportLang::Ko] {
                 let label = if l == ReportLang::En { "English" } else { "한국어" };
@@ -735,7 +903,7 @@ pub fn report_window_ui(ctx: &egui::Context, p: &mut ReportPanel, lang: Lang) ->
                                 .report
                                 .clone()
                                 .unwrap_or_else(|| report::draft::draft(&bundle.inputs, &p.decisions, l)),
-                            user: p.user.clone(),
+                            user: p.author(),
                         });
                         p.recheck();
                     }
@@ -897,7 +1065,7 @@ pub fn report_window_ui(ctx: &egui::Context, p: &mut ReportPanel, lang: Lang) ->
                     study_uid: study,
                     preliminary: !signed,
                     dir: p.export_dir.clone(),
-                    user: p.user.clone(),
+                    user: p.author(),
                 });
             }
             let exported = |suffix: &str| p.exported.iter().find(|f| f.to_string_lossy().ends_with(suffix)).cloned();
@@ -916,12 +1084,9 @@ pub fn report_window_ui(ctx: &egui::Context, p: &mut ReportPanel, lang: Lang) ->
                 ui.add(egui::TextEdit::multiline(&mut p.addendum).desired_rows(2)).labelled_by(label.id);
                 if ui.add_enabled(!p.addendum.trim().is_empty(), egui::Button::new(lang.tr("Sign addendum"))).clicked()
                     && let Some(study) = p.study_uid.clone()
+                    && p.require_session(Role::Reader)
                 {
-                    p.send(Request::Addendum {
-                        study_uid: study,
-                        text: p.addendum.trim().to_owned(),
-                        user: p.user.clone(),
-                    });
+                    p.send(Request::Addendum { study_uid: study, text: p.addendum.trim().to_owned() });
                 }
             });
         }
@@ -990,13 +1155,8 @@ pub fn qa_window_ui(ctx: &egui::Context, p: &mut ReportPanel, lang: Lang) -> Rep
     egui::Window::new(lang.tr("QA review")).open(&mut open).default_size([760.0, 560.0]).resizable(true).show(
         ctx,
         |ui| {
+            session_ui(ui, p, lang);
             ui.horizontal(|ui| {
-                let label = ui.label(lang.tr("QA lead"));
-                ui.add(egui::TextEdit::singleline(&mut p.user).desired_width(120.0)).labelled_by(label.id);
-                if ui.button(lang.tr("Use as QA lead")).clicked() {
-                    p.role = Role::QaLead;
-                    p.send(Request::EnsureUser { name: p.user.trim().to_owned(), role: Role::QaLead });
-                }
                 if ui.button(lang.tr("Refresh")).clicked() {
                     p.send(Request::Worklist);
                 }
@@ -1093,7 +1253,7 @@ pub fn qa_window_ui(ctx: &egui::Context, p: &mut ReportPanel, lang: Lang) -> Rep
                 }
             }
             if let Some((study_uid, finding_id, decision)) = review {
-                p.send(Request::QaReview { study_uid, finding_id, decision, user: p.user.trim().to_owned() });
+                p.qa_review(&study_uid, &finding_id, decision);
             }
             ui.separator();
             ui.strong(lang.tr("Statistics per model version and finding"));
@@ -1119,8 +1279,9 @@ pub fn qa_window_ui(ctx: &egui::Context, p: &mut ReportPanel, lang: Lang) -> Rep
                 .button(lang.tr("Export statistics and review marks"))
                 .on_hover_text(lang.tr("CSV statistics, and the reviewers' marks as DICOM SR + JSONL for retraining"))
                 .clicked()
+                && p.require_session(Role::QaLead)
             {
-                p.send(Request::ExportQa { dir: p.export_dir.clone(), user: p.user.trim().to_owned() });
+                p.send(Request::ExportQa { dir: p.export_dir.clone() });
             }
             if !p.message.is_empty() {
                 ui.label(&p.message);
