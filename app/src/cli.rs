@@ -130,6 +130,9 @@ pub enum Command {
     /// Evaluate models on a labelled folder: per-finding AUROC (95% bootstrap CI), sensitivity,
     /// specificity and PPV at the manifest threshold, the threshold for a sensitivity, FROC for CT nodules.
     Eval(crate::eval_cli::EvalArgs),
+    /// Check the CT nodule measurement against real nodules with reference masks (the LIDC
+    /// patches of `ct-nodule-patches/`): Dice, long-axis and volume errors at 1 mm and thicker slices.
+    EvalNoduleMeasure(crate::eval_measure::MeasureEvalArgs),
     /// Talk to PACS nodes (DIMSE): echo, find, get, move, store, and the saved nodes.
     Pacs(crate::pacs_cli::PacsArgs),
     /// Run Lucent's Store SCP (receives C-STORE pushes into the store) until interrupted.
@@ -354,13 +357,18 @@ pub fn run(cli: Cli) -> Result<()> {
                 }
                 for f in &s.findings {
                     println!(
-                        "  {:<24} {:.3} (threshold {:.2}) {}  [{} {}]",
+                        "  {:<24} {:.3} (threshold {:.2}) {}  [{} {}]{}",
                         f.label,
                         f.score,
                         f.threshold,
                         if f.positive { "POSITIVE" } else { "negative" },
                         f.model_id,
-                        f.model_version
+                        f.model_version,
+                        if f.shown_by_default {
+                            ""
+                        } else {
+                            "  (not shown by default: not validated on real patients)"
+                        }
                     );
                 }
                 for n in &s.nodules {
@@ -377,11 +385,14 @@ pub fn run(cli: Cli) -> Result<()> {
                             m.volume_mm3,
                             n.lung_rads.as_deref().unwrap_or("?")
                         ),
-                        None => println!(
-                            "  nodule candidate (score {:.2}): not measurable: {}",
-                            n.candidate.score,
-                            n.measurement_error.as_deref().unwrap_or("")
-                        ),
+                        None => {
+                            let why = n.measurement_error.as_deref().unwrap_or("");
+                            println!(
+                                "  nodule candidate (score {:.2}): not measurable: {}",
+                                n.candidate.score,
+                                why.strip_prefix("not measurable: ").unwrap_or(why)
+                            );
+                        }
                     }
                 }
                 if let Some(l) = &s.lung_rads {
@@ -400,6 +411,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::SynthCt(args)) => crate::synth_cli::synth_ct(&args),
         Some(Command::ScoreCxr(args)) => crate::synth_cli::score_cxr(&args),
         Some(Command::Eval(args)) => crate::eval_cli::run(&args),
+        Some(Command::EvalNoduleMeasure(args)) => crate::eval_measure::run(&args).map(|_| ()),
         Some(Command::Pacs(args)) => crate::pacs_cli::run_pacs(&args, &store_dir),
         Some(Command::Scp(args)) => crate::pacs_cli::run_scp(&args, &store_dir),
         Some(Command::Audit(command)) => crate::report_cli::audit(&command, &store_dir),

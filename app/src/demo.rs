@@ -1,7 +1,13 @@
-//! The bundled demo: synthetic studies Lucent generates itself (no binary blobs in git), with
-//! invented Korean and English patients, imported into a demo store of their own; plus, when
-//! `cargo xtask setup` has fetched them, two real, openly licensed, de-identified images (see
-//! [`real_demo_files`]).
+//! The bundled demo, imported into a demo store of its own:
+//! * **real anatomy first**: five real chest radiographs from NIH ChestX-ray14 (a normal, an
+//!   effusion, a nodule, a consolidation, a pneumothorax by the NIH labels) and 61 slices of a real
+//!   low-dose chest CT with a right hilar mass (TCIA ACRIN-NSCLC-FDG-PET), bundled in
+//!   `assets/demo/` with their attribution in `assets/README.md`; the radiographs are written as
+//!   CR objects under invented patient names, the CT is imported as TCIA de-identified it;
+//! * synthetic studies Lucent generates itself, with invented Korean and English patients (priors,
+//!   MONOCHROME1, two LDCTs with inserted nodules), for what the real cases do not show;
+//! * when `cargo xtask setup` has fetched them, two real, openly licensed, de-identified test
+//!   images (see [`real_demo_files`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -11,7 +17,7 @@ use pacs::store::Store;
 use pacs::synth::{self, CtSeriesSpec, CxrLesion, Nodule, NoduleKind, PatientSpec, RadiographSpec, Side};
 
 /// Bumped whenever the generated demo changes, so old demo stores are rebuilt.
-pub const DEMO_VERSION: &str = "3";
+pub const DEMO_VERSION: &str = "4";
 
 fn patient(
     name: &str,
@@ -57,9 +63,130 @@ pub fn real_demo_files() -> Vec<PathBuf> {
         .collect()
 }
 
-/// Writes the demo DICOM files under `dir` and returns them.
-pub fn write_demo_files(dir: &Path) -> Result<Vec<PathBuf>> {
+/// The real demo cases bundled in the repository (`assets/demo/`, or `$LUCENT_DEMO_ASSETS`).
+fn demo_assets_dir() -> PathBuf {
+    std::env::var_os("LUCENT_DEMO_ASSETS")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/demo"))
+}
+
+/// One bundled NIH radiograph: file, what the NIH labels say, and the invented patient it is
+/// shown under (age and sex are the NIH's).
+struct RealRadiograph {
+    image: &'static str,
+    finding: &'static str,
+    name: &'static str,
+    id: &'static str,
+    sex: &'static str,
+    birth: &'static str,
+    date: &'static str,
+}
+
+const REAL_RADIOGRAPHS: [RealRadiograph; 5] = [
+    RealRadiograph {
+        image: "00007684_000",
+        finding: "no finding",
+        name: "HAN^JIWOO=한^지우",
+        id: "REAL-101",
+        sex: "M",
+        birth: "19540402",
+        date: "20260320",
+    },
+    RealRadiograph {
+        image: "00017926_000",
+        finding: "effusion",
+        name: "BROWN^DAVID",
+        id: "REAL-102",
+        sex: "M",
+        birth: "19650911",
+        date: "20260320",
+    },
+    RealRadiograph {
+        image: "00008386_000",
+        finding: "nodule",
+        name: "YOON^SUJIN=윤^수진",
+        id: "REAL-103",
+        sex: "M",
+        birth: "19770123",
+        date: "20260321",
+    },
+    RealRadiograph {
+        image: "00015501_000",
+        finding: "consolidation",
+        name: "GARCIA^ANA",
+        id: "REAL-104",
+        sex: "M",
+        birth: "19490705",
+        date: "20260321",
+    },
+    RealRadiograph {
+        image: "00005067_000",
+        finding: "pneumothorax",
+        name: "KANG^MIRAE=강^미래",
+        id: "REAL-105",
+        sex: "F",
+        birth: "19680214",
+        date: "20260322",
+    },
+];
+
+/// Writes the bundled NIH radiographs as CR objects under `dir` (8-bit PNG values scaled to
+/// 12 bits; the NIH gives no pixel spacing: 0.42 mm, a 43 cm field over 1024 pixels, is assumed,
+/// as `assets/README.md` says).
+fn write_real_radiographs(dir: &Path) -> Result<Vec<PathBuf>> {
+    let source = demo_assets_dir().join("cxr-nih");
     let mut files = Vec::new();
+    for r in &REAL_RADIOGRAPHS {
+        let png = source.join(format!("{}.png", r.image));
+        let grey = image::open(&png).with_context(|| format!("reading {}", png.display()))?.into_luma8();
+        let (columns, rows) = (u16::try_from(grey.width())?, u16::try_from(grey.height())?);
+        let values: Vec<u16> = grey.as_raw().iter().map(|&v| (u32::from(v) * 4095 / 255) as u16).collect();
+        let rendered = pacs::synth::RenderedChest {
+            columns: usize::from(columns),
+            rows: usize::from(rows),
+            values,
+            lung_field: Vec::new(),
+            masks: Vec::new(),
+        };
+        let spec = RadiographSpec {
+            seed: format!("demo-nih-{}", r.image),
+            patient: patient(r.name, r.id, r.sex, r.birth, &format!("demo-nih-{}", r.image), r.date, "CXR PA"),
+            rows,
+            columns,
+            imager_pixel_spacing_mm: 0.42,
+            monochrome1: false,
+            lesions: Vec::new(),
+            series_number: 1,
+            description: format!("Chest PA (real: NIH {}, {})", r.image, r.finding),
+            view_position: "PA".into(),
+            acquisition: 0,
+        };
+        let path = dir.join(&spec.seed).join("CR0001.dcm");
+        synth::write_rendered_radiograph(&path, &spec, &rendered)
+            .with_context(|| format!("writing demo radiograph {}", r.image))?;
+        files.push(path);
+    }
+    Ok(files)
+}
+
+/// The bundled slices of the real ACRIN chest CT (imported as they are).
+fn real_ct_files() -> Result<Vec<PathBuf>> {
+    let dir = demo_assets_dir().join("ct-acrin-chest");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Writes the demo DICOM files under `dir` and returns them (the real cases first).
+pub fn write_demo_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = write_real_radiographs(dir)?;
+    files.extend(real_ct_files()?);
     let radiographs = [
         cxr(
             "demo-cxr-normal",

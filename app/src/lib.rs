@@ -9,6 +9,8 @@
 //! * [`demo`]: the bundled demo studies, generated deterministically by Lucent itself.
 //! * [`eval_cli`] / [`eval_plot`]: `lucent eval` (AUROC with bootstrap intervals, operating points, FROC
 //!   over a labelled folder) and its ROC / FROC plot; the GUI's evaluation window uses the same code.
+//! * [`eval_measure`]: `lucent eval-nodule-measure`, the CT nodule measurement against the real
+//!   LIDC nodules' reference masks (Dice, diameter and volume errors at 1 mm and thicker slices).
 //! * [`synth_cli`]: `synth-cxr` (CXR training data from the demo's generator), `score-cxr`, and
 //!   `synth-ct` (CT evaluation sets: scans with nodules, routine / quarter-dose pairs).
 //! * [`reporting`]: reading results to `report` inputs (sides, lobes, key images) and the exports (PDF, SR, FHIR).
@@ -21,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod eval_cli;
+pub mod eval_measure;
 pub mod eval_plot;
 pub mod gui;
 pub mod info;

@@ -154,7 +154,7 @@ fn shrink(mut rgba: Vec<u8>, mut w: usize, mut h: usize, max_side: usize) -> (Ve
 fn key_image(file: &Path, voi: Option<pacs::Voi>, boxes: &[([f64; 2], [f64; 2])], caption: String) -> Result<KeyImage> {
     let image = pacs::file::load_image(file, 0)?;
     let voi = voi.unwrap_or_else(|| image.transform.default_voi(&image.frame));
-    let grey = image.transform.render_u8(&image.frame, &voi, image.transform.inverts_for_display());
+    let grey = image.transform.render_u8(&image.frame, &voi, false);
     let (w, h) = (image.frame.columns as usize, image.frame.rows as usize);
     anyhow::ensure!(grey.len() == w * h, "the key image is not a grey image");
     let mut rgba = grey_rgba(&grey);
@@ -242,7 +242,9 @@ pub fn bundles(path: &Path, reading: &ReadReport) -> Result<Vec<StudyBundle>> {
         for (si, series) in readings.iter().enumerate() {
             let Some(slices) = series_map.get(&series.series_uid) else { continue };
             let (file, info) = &slices[0];
-            for f in &series.findings {
+            // Findings the manifest does not show by default (not backed on real patients) are
+            // not drafted into the report.
+            for f in series.findings.iter().filter(|f| f.shown_by_default) {
                 let boxes: Vec<&inference::cxr::FindingBox> =
                     f.geometry.as_ref().map(|g| g.boxes.iter().collect()).unwrap_or_default();
                 let sides: Vec<(Side, f32)> =
@@ -649,5 +651,47 @@ mod tests {
         assert_eq!(lobe_heuristic([70.0, 0.0, -200.0], x, z), Lobe::LeftLower);
         assert_eq!(numbered(Path::new("/t/out.pdf"), 1), PathBuf::from("/t/out-2.pdf"));
         assert_eq!(dicom_datetime("2024-03-01T10:30:00Z"), "20240301103000");
+    }
+
+    /// Issue 13: the PDF's key image of pydicom-data's real CR chest RG1 (MONOCHROME1) was
+    /// inverted (lungs white, spine black): it passed the image's own inversion as the user's
+    /// toggle, which cancelled it. It now is the viewer's rendering, lungs dark.
+    #[test]
+    fn the_key_image_of_a_real_monochrome1_radiograph_is_shown_as_the_viewer_shows_it() {
+        let Some(file) = std::env::var_os("LUCENT_TEST_DATA")
+            .map(PathBuf::from)
+            .or_else(|| Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/lucent-data")))
+            .map(|d| d.join("pydicom-data/RG1_UNCI.dcm"))
+            .filter(|p| p.is_file())
+        else {
+            assert!(std::env::var("LUCENT_REQUIRE_TEST_DATA").is_err(), "pydicom-data is missing: cargo xtask setup");
+            eprintln!("SKIP: pydicom-data is absent");
+            return;
+        };
+        let image = pacs::file::load_image(&file, 0).unwrap();
+        assert!(image.transform.inverts_for_display(), "RG1 is MONOCHROME1");
+        let voi = image.transform.default_voi(&image.frame);
+        let viewer = image.transform.render_u8(&image.frame, &voi, false);
+        let (w, h) = (image.frame.columns as usize, image.frame.rows as usize);
+        let key = key_image(&file, None, &[], "RG1".into()).unwrap();
+        // The key image is the viewer's picture, halved until it fits.
+        let (expected, kw, kh) = shrink(grey_rgba(&viewer), w, h, 768);
+        assert_eq!((key.width, key.height), (kw, kh));
+        assert_eq!(key.rgba, expected);
+        // And the picture is a chest as radiologists read it: the mediastinum and spine (the
+        // middle fifth of the width) brighter than the lungs (the fifths either side of it).
+        let band = |x0: f64, x1: f64| {
+            let (a, b) = ((x0 * kw as f64) as usize, (x1 * kw as f64) as usize);
+            let (y0, y1) = (kh / 4, 3 * kh / 4);
+            let mut sum = 0.0;
+            for y in y0..y1 {
+                for x in a..b {
+                    sum += f64::from(key.rgba[(y * kw + x) * 4]);
+                }
+            }
+            sum / ((y1 - y0) * (b - a)) as f64
+        };
+        let (middle, right_lung, left_lung) = (band(0.4, 0.6), band(0.2, 0.4), band(0.6, 0.8));
+        assert!(middle > right_lung + 10.0 && middle > left_lung + 10.0, "{middle} vs {right_lung}, {left_lung}");
     }
 }

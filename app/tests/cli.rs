@@ -557,3 +557,45 @@ fn anonymize_writes_deidentified_copies_under_new_uids_the_same_way_twice() {
         assert_ne!(info.study_date, "20250301");
     }
 }
+
+/// Issue 13: the demo shows real anatomy first: five real NIH radiographs (a normal, an effusion,
+/// a nodule, a consolidation, a pneumothorax), newest in the list, and the real ACRIN low-dose CT,
+/// each with its attribution in assets/README.md; the synthetic studies follow.
+#[test]
+fn the_demo_leads_with_real_radiographs_and_holds_a_real_ct() {
+    let out = tempfile::tempdir().unwrap();
+    let demo = out.path().join("demo");
+    run_ok(lucent(out.path()).arg("demo").arg("--dir").arg(&demo));
+    let store = Store::open(&demo).unwrap();
+    let studies = store.studies(&Default::default()).unwrap();
+    let real: Vec<_> = studies.iter().filter(|s| s.patient_id.starts_with("REAL-")).collect();
+    assert_eq!(real.len(), 5);
+    let newest = studies.iter().map(|s| s.study_date.as_str()).max().unwrap();
+    assert!(real.iter().any(|s| s.study_date == newest), "a real radiograph is the newest study");
+    let mut findings = Vec::new();
+    for s in &real {
+        let series = store.series(&s.study_uid).unwrap();
+        assert!(series[0].description.starts_with("Chest PA (real: NIH "), "{}", series[0].description);
+        findings.push(series[0].description.rsplit(", ").next().unwrap().trim_end_matches(')').to_owned());
+    }
+    findings.sort();
+    assert_eq!(findings, ["consolidation", "effusion", "no finding", "nodule", "pneumothorax"]);
+    let acrin = studies.iter().find(|s| s.patient_id == "ACRIN-NSCLC-FDG-PET-042").expect("the real CT");
+    let series = store.series(&acrin.study_uid).unwrap();
+    assert_eq!((series[0].modality.as_str(), series[0].instances), ("CT", 61));
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/README.md")).unwrap();
+    for credit in ["ChestX-ray14", "ACRIN-NSCLC-FDG-PET", "10.7937/tcia.2019.30ilqfcl", "Attribution 3.0"] {
+        assert!(readme.contains(credit), "assets/README.md lacks {credit}");
+    }
+    // The bundled real data stays small.
+    let bytes: u64 = walk_sizes(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/demo"));
+    assert!(bytes < 15_000_000, "{bytes} bytes of demo data");
+}
+
+fn walk_sizes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| if e.path().is_dir() { walk_sizes(&e.path()) } else { e.metadata().unwrap().len() })
+        .sum()
+}

@@ -336,6 +336,8 @@ pub struct Finding {
     pub score: f32,
     pub threshold: f32,
     pub positive: bool,
+    /// The manifest's `shown_by_default` for the label (see [`crate::manifest::Label`]).
+    pub shown_by_default: bool,
     pub geometry: Option<FindingGeometry>,
 }
 
@@ -447,6 +449,7 @@ pub fn postprocess(
             score,
             threshold: label.threshold,
             positive: score >= label.threshold,
+            shown_by_default: label.shown_by_default,
             geometry: geometry.map(|(g, _)| g),
         });
     }

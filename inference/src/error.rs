@@ -62,6 +62,12 @@ pub enum Error {
     #[error("invalid input: {0}")]
     Input(String),
 
+    /// A nodule candidate whose segmentation is implausible (it leaks into vessels, the pleura or
+    /// the chest wall, or is too large without a mass-like core): shown as not measurable, never
+    /// with a size.
+    #[error("not measurable: {0}")]
+    NotMeasurable(String),
+
     /// A model produced an output the manifest did not promise.
     #[error("model `{model}`: output `{output}`: {message}")]
     Output { model: String, output: String, message: String },

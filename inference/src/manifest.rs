@@ -44,6 +44,8 @@
 //! snomed = "27925004"               # optional
 //! threshold = 0.5                   # operating point on the probability
 //! map_threshold = 0.5               # optional: contour level on maps (default: threshold)
+//! shown_by_default = false          # optional (default true): false for a label the model
+//!                                   #   cannot back on real patients (listed, not drawn or drafted)
 //!
 //! [postprocessing]                  # optional, CT detection
 //! nms_iou = 0.1
@@ -207,6 +209,16 @@ pub struct Label {
     /// Contour level on the label's map; default: `threshold`.
     #[serde(default)]
     pub map_threshold: Option<f32>,
+    /// Whether the workstation shows this label's findings without being asked. False for a
+    /// label the model cannot back on real patients (its card says why, e.g. a real-data AUROC
+    /// under 0.70): its findings are still computed and listed, but not drawn, not drafted into
+    /// the report and not counted as flags until the reader turns them on.
+    #[serde(default = "shown_by_default")]
+    pub shown_by_default: bool,
+}
+
+fn shown_by_default() -> bool {
+    true
 }
 
 impl Label {

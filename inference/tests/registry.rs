@@ -169,3 +169,27 @@ fn missing_model_file_invalid_manifest_and_duplicates() {
     assert!(matches!(r.entries()[1].status.reason(), Some(Error::DuplicateModel { .. })));
     assert_eq!(r.ready().count(), 1);
 }
+
+/// Issue 13: a label the CXR model cannot back on real patients (AUROC under 0.70 on the real NIH
+/// development images, as its card's metrics.json measured) is not shown by default; the others
+/// are. The manifest's flags and the card's numbers agree.
+#[test]
+fn the_cxr_manifest_hides_exactly_the_labels_its_real_data_auroc_cannot_back() {
+    let dir = common::models_dir().join("lucent-cxr");
+    let manifest = inference::ModelManifest::load(&dir.join("lucent-cxr.toml")).unwrap();
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).unwrap()).unwrap();
+    let Some(nih) = metrics["nih"].as_array() else {
+        assert!(manifest.labels.iter().all(|l| l.shown_by_default), "no real-data figures: every label shown");
+        return;
+    };
+    for label in &manifest.labels {
+        let auroc = nih.iter().find(|r| r["model_label"] == label.name.as_str()).and_then(|r| r["auroc"].as_f64());
+        let expected = auroc.is_none_or(|a| a >= 0.70);
+        assert_eq!(label.shown_by_default, expected, "{}: real AUROC {auroc:?}", label.name);
+    }
+    assert!(manifest.labels.iter().any(|l| !l.shown_by_default), "the synthetic-trained model hides something");
+    // A manifest without the flag shows its labels.
+    let toy = inference::ModelManifest::load(&common::test_models_dir().join("cxr_toy.toml")).unwrap();
+    assert!(toy.labels.iter().all(|l| l.shown_by_default));
+}

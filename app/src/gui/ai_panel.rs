@@ -101,6 +101,8 @@ pub struct AiState {
     pub unavailable: Option<String>,
     /// Findings hidden on the image: (series, model, label).
     pub hidden: BTreeSet<(String, String, String)>,
+    /// Findings of labels the manifest does not show by default that the reader turned on.
+    pub revealed: BTreeSet<(String, String, String)>,
     pub opacity: f32,
     pub auto_run: bool,
     pub include_test_models: bool,
@@ -118,6 +120,7 @@ impl Default for AiState {
             running: BTreeSet::new(),
             unavailable: None,
             hidden: BTreeSet::new(),
+            revealed: BTreeSet::new(),
             opacity: 0.8,
             auto_run: true,
             include_test_models: false,
@@ -158,8 +161,11 @@ impl AiState {
         }
     }
 
-    fn visible(&self, series: &str, model: &str, label: &str) -> bool {
-        !self.hidden.contains(&(series.to_owned(), model.to_owned(), label.to_owned()))
+    /// Whether a finding is drawn: labels shown by default unless hidden, the others only when
+    /// the reader turned them on.
+    pub fn visible(&self, series: &str, f: &inference::cxr::Finding) -> bool {
+        let key = (series.to_owned(), f.model_id.clone(), f.label.clone());
+        if f.shown_by_default { !self.hidden.contains(&key) } else { self.revealed.contains(&key) }
     }
 }
 
@@ -214,14 +220,23 @@ pub fn ai_panel_ui(ui: &mut egui::Ui, state: &mut AiState, series_uid: Option<&s
     egui::ScrollArea::vertical().id_salt("ai-findings").show(ui, |ui| {
         for f in &reading.findings {
             let key = (uid.to_owned(), f.model_id.clone(), f.label.clone());
-            let mut shown = !state.hidden.contains(&key);
-            let colour = if f.positive { Color32::from_rgb(255, 110, 90) } else { Color32::GRAY };
-            let text = egui::RichText::new(format!("{}  {:.2} / {:.2}", f.label, f.score, f.threshold)).color(colour);
-            if ui.checkbox(&mut shown, text).on_hover_text(format!("{} {}", f.model_id, f.model_version)).changed() {
-                if shown {
-                    state.hidden.remove(&key);
+            let mut shown = state.visible(uid, f);
+            let colour = if f.positive && f.shown_by_default { Color32::from_rgb(255, 110, 90) } else { Color32::GRAY };
+            let mut text = format!("{}  {:.2} / {:.2}", f.label, f.score, f.threshold);
+            let mut hover = format!("{} {}", f.model_id, f.model_version);
+            if !f.shown_by_default {
+                text.push_str(&format!("  ({})", lang.tr("not validated")));
+                hover.push_str(&format!(
+                    "\n{}",
+                    lang.tr("Not shown by default: this model does not back this finding on real patients (see its model card)")
+                ));
+            }
+            if ui.checkbox(&mut shown, egui::RichText::new(text).color(colour)).on_hover_text(hover).changed() {
+                let set = if f.shown_by_default { &mut state.hidden } else { &mut state.revealed };
+                if shown == f.shown_by_default {
+                    set.remove(&key);
                 } else {
-                    state.hidden.insert(key.clone());
+                    set.insert(key.clone());
                 }
             }
         }
@@ -279,7 +294,7 @@ pub fn draw_ai_marks(
         rect.center() + Vec2::new(s[0], s[1]) / ppp
     };
     for f in reading.findings.iter().filter(|f| f.positive) {
-        if !state.visible(&reading.series_uid, &f.model_id, &f.label) {
+        if !state.visible(&reading.series_uid, f) {
             continue;
         }
         let Some(g) = &f.geometry else { continue };
@@ -356,5 +371,40 @@ pub fn draw_ai_marks(
             egui::FontId::proportional(12.0),
             colour,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AiState;
+
+    fn finding(label: &str, shown_by_default: bool) -> inference::cxr::Finding {
+        inference::cxr::Finding {
+            model_id: "lucent-cxr".into(),
+            model_version: "0.1.0".into(),
+            label: label.into(),
+            radlex: None,
+            snomed: None,
+            score: 0.9,
+            threshold: 0.5,
+            positive: true,
+            shown_by_default,
+            geometry: None,
+        }
+    }
+
+    /// A label the manifest does not back is not drawn until the reader turns it on; a backed one
+    /// is drawn until turned off.
+    #[test]
+    fn labels_not_shown_by_default_are_drawn_only_when_asked() {
+        let mut state = AiState::default();
+        let (backed, unbacked) = (finding("Pleural effusion", true), finding("Nodule", false));
+        assert!(state.visible("s", &backed));
+        assert!(!state.visible("s", &unbacked));
+        state.revealed.insert(("s".into(), "lucent-cxr".into(), "Nodule".into()));
+        state.hidden.insert(("s".into(), "lucent-cxr".into(), "Pleural effusion".into()));
+        assert!(state.visible("s", &unbacked));
+        assert!(!state.visible("s", &backed));
+        assert!(!state.visible("other series", &unbacked));
     }
 }

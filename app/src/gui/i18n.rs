@@ -167,6 +167,11 @@ const KO: &[(&str, &str)] = &[
     ("QA lead", "QA 책임자"),
     ("Signed in as", "로그인:"),
     ("Sign out", "로그아웃"),
+    ("not validated", "검증 안 됨"),
+    (
+        "Not shown by default: this model does not back this finding on real patients (see its model card)",
+        "기본으로 표시하지 않음: 이 모델은 실제 환자에서 이 소견을 뒷받침하지 못합니다 (모델 카드 참조)",
+    ),
     ("Sign in", "로그인"),
     ("administrator", "관리자"),
     ("Passphrase", "암호 문구"),

@@ -751,6 +751,8 @@ fn finding_line(f: &AiFinding) -> String {
     // Detections are the detector's flags (no separate operating threshold to show).
     let mut text = match &f.nodule {
         Some(n) => format!("{} {:.2}, {:.1} mm", f.label, f.score, n.mean_diameter_mm),
+        // A CT candidate whose segmentation was implausible: never a size.
+        None if f.threshold <= 0.0 => format!("{} {:.2}, not measurable", f.label, f.score),
         None => format!("{} {:.2} (≥ {:.2})", f.label, f.score, f.threshold),
     };
     text.push_str(&format!(" · {} {}", f.model_name, f.model_version));
