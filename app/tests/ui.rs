@@ -500,13 +500,9 @@ fn a_report_is_drafted_from_the_ai_findings_decided_signed_and_then_immutable() 
     // A QA lead reviews a finding: the statistics count it, the signed report stays as it was.
     let signed_versions = h.state().reports.versions().to_vec();
     h.state_mut().reports.open = false;
-    // The administrator adds a QA lead (here through the store, as `lucent report add-user` does).
-    {
-        let mut reports = lucent_app::reporting::open_report_store(&root.path().join("store")).unwrap();
-        let kim = reports.unlock("dr.kim", &report::Passphrase::new("kim's passphrase".into())).unwrap();
-        let lee = report::Passphrase::new("lee's passphrase".into());
-        reports.add_user(&kim, "qa.lee", report::store::Role::QaLead, false, &lee).unwrap();
-    }
+    // The administrator adds a QA lead in the window.
+    h.state_mut().reports.add_user("qa.lee", report::store::Role::QaLead, "lee's passphrase");
+    wait_until(&mut h, |app| app.reports.message().starts_with("Added qa.lee"));
     // A reader cannot review as QA; the QA lead signs in with their own passphrase.
     h.state_mut().reports.sign_out();
     wait_until(&mut h, |app| app.reports.signed_in_as().is_none());

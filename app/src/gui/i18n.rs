@@ -167,6 +167,8 @@ const KO: &[(&str, &str)] = &[
     ("QA lead", "QA 책임자"),
     ("Signed in as", "로그인:"),
     ("Sign out", "로그아웃"),
+    ("Add user", "사용자 추가"),
+    ("First passphrase", "첫 암호 문구"),
     ("not validated", "검증 안 됨"),
     (
         "Not shown by default: this model does not back this finding on real patients (see its model card)",

@@ -83,6 +83,12 @@ enum Request {
         passphrase: Passphrase,
     },
     SignOut,
+    /// The signed-in administrator adds a user with a first passphrase.
+    AddUser {
+        name: String,
+        role: Role,
+        passphrase: Passphrase,
+    },
     /// Creates the first administrator and signs them in.
     InitAdmin {
         name: String,
@@ -210,6 +216,15 @@ fn handle(
             *credential = None;
             *credential = Some(store.unlock(&name, &passphrase)?);
             session_reply(store, credential.as_ref())
+        }
+        Request::AddUser { name, role, passphrase } => {
+            let admin = signed_in(credential.as_ref())?;
+            let record = store.add_user(admin, &name, role, false, &passphrase)?;
+            Ok(Reply::Info(format!(
+                "Added {} ({}); they sign in with the first passphrase and change it with `lucent report passwd`",
+                record.name,
+                record.role.code()
+            )))
         }
         Request::SignOut => {
             *credential = None;
@@ -387,6 +402,10 @@ pub struct ReportPanel {
     passphrase: String,
     passphrase_repeat: String,
     new_admin_role: Role,
+    /// The administrator's *Add user* form: name, role, first passphrase.
+    new_user: String,
+    new_user_role: Role,
+    new_user_passphrase: String,
     session: Option<SignedIn>,
     /// Whether the store has an administrator (None until the worker says).
     has_admin: Option<bool>,
@@ -444,6 +463,9 @@ impl ReportPanel {
             passphrase: String::new(),
             passphrase_repeat: String::new(),
             new_admin_role: Role::Reader,
+            new_user: String::new(),
+            new_user_role: Role::Reader,
+            new_user_passphrase: String::new(),
             session: None,
             has_admin: None,
             lang: ReportLang::En,
@@ -541,6 +563,19 @@ impl ReportPanel {
         self.user = name.trim().to_owned();
         self.send(Request::InitAdmin {
             name: self.user.clone(),
+            role,
+            passphrase: Passphrase::new(passphrase.to_owned()),
+        });
+    }
+
+    /// The signed-in administrator adds `name` with `role` and a first passphrase.
+    pub fn add_user(&mut self, name: &str, role: Role, passphrase: &str) {
+        if !self.session.as_ref().is_some_and(|s| s.admin) {
+            self.message = "Only an administrator adds users".into();
+            return;
+        }
+        self.send(Request::AddUser {
+            name: name.trim().to_owned(),
             role,
             passphrase: Passphrase::new(passphrase.to_owned()),
         });
@@ -839,6 +874,28 @@ fn session_ui(ui: &mut egui::Ui, p: &mut ReportPanel, lang: Lang) {
                 p.sign_out();
             }
         });
+        if s.admin {
+            ui.collapsing(lang.tr("Add user"), |ui| {
+                ui.horizontal(|ui| {
+                    let label = ui.label(lang.tr("Name"));
+                    ui.add(egui::TextEdit::singleline(&mut p.new_user).desired_width(110.0)).labelled_by(label.id);
+                    for (role, text) in [(Role::Reader, "Reader"), (Role::QaLead, "QA lead")] {
+                        if ui.selectable_label(p.new_user_role == role, lang.tr(text)).clicked() {
+                            p.new_user_role = role;
+                        }
+                    }
+                    let label = ui.label(lang.tr("First passphrase"));
+                    ui.add(egui::TextEdit::singleline(&mut p.new_user_passphrase).password(true).desired_width(130.0))
+                        .labelled_by(label.id);
+                    let ready = !p.new_user.trim().is_empty() && !p.new_user_passphrase.is_empty();
+                    if ui.add_enabled(ready, egui::Button::new(lang.tr("Add"))).clicked() {
+                        let (name, role) = (std::mem::take(&mut p.new_user), p.new_user_role);
+                        let passphrase = std::mem::take(&mut p.new_user_passphrase);
+                        p.add_user(&name, role, &passphrase);
+                    }
+                });
+            });
+        }
         return;
     }
     let first_admin = p.has_admin == Some(false);
