@@ -897,37 +897,41 @@ fn segment(volume: &HuVolume<'_>, seed: [usize; 3], params: &MeasureParams) -> S
     let hi: [usize; 3] = std::array::from_fn(|a| (seed[a] + half[a]).min(volume.dims[a] - 1));
     let d: [usize; 3] = std::array::from_fn(|a| hi[a] - lo[a] + 1);
     let at = |x: usize, y: usize, z: usize| (z * d[1] + y) * d[0] + x;
-    // The level: half way between the lung and the nodule's core.
-    let (mut core_sum, mut core_n) = (0.0f64, 0usize);
-    let r: [i64; 3] = std::array::from_fn(|a| (1.5 / sp[a]).floor() as i64);
-    for dz in -r[2]..=r[2] {
-        for dy in -r[1]..=r[1] {
-            for dx in -r[0]..=r[0] {
-                let q = [seed[0] as i64 + dx, seed[1] as i64 + dy, seed[2] as i64 + dz];
-                let inside_mm = (dx as f64 * sp[0]).powi(2) + (dy as f64 * sp[1]).powi(2) + (dz as f64 * sp[2]).powi(2)
-                    <= 1.5 * 1.5 + 1e-9;
-                if inside_mm && (0..3).all(|a| q[a] >= 0 && q[a] < volume.dims[a] as i64) {
-                    core_sum += f64::from(volume.hu(volume.index(q[0] as usize, q[1] as usize, q[2] as usize)));
-                    core_n += 1;
+    let crop_hu: Vec<f32> = (0..d[2])
+        .flat_map(|z| (0..d[1]).flat_map(move |y| (0..d[0]).map(move |x| (x, y, z))))
+        .map(|(x, y, z)| volume.hu(volume.index(lo[0] + x, lo[1] + y, lo[2] + z)))
+        .collect();
+    // Offsets of a ball of radius r mm on this grid.
+    let ball = |r: f64| -> Vec<[i64; 3]> {
+        let n: [i64; 3] = std::array::from_fn(|a| (r / sp[a]).floor() as i64);
+        let mut out = Vec::new();
+        for z in -n[2]..=n[2] {
+            for y in -n[1]..=n[1] {
+                for x in -n[0]..=n[0] {
+                    let d2 = (x as f64 * sp[0]).powi(2) + (y as f64 * sp[1]).powi(2) + (z as f64 * sp[2]).powi(2);
+                    if d2 <= r * r + 1e-9 {
+                        out.push([x, y, z]);
+                    }
                 }
             }
         }
-    }
-    let core_hu = (core_sum / core_n.max(1) as f64) as f32;
+        out
+    };
+    let shifted = |v: [usize; 3], o: [i64; 3]| -> Option<usize> {
+        let q = [v[0] as i64 + o[0], v[1] as i64 + o[1], v[2] as i64 + o[2]];
+        ((0..3).all(|a| q[a] >= 0 && q[a] < d[a] as i64)).then(|| at(q[0] as usize, q[1] as usize, q[2] as usize))
+    };
+    let local_seed = [seed[0] - lo[0], seed[1] - lo[1], seed[2] - lo[2]];
+    // The level: half way between the lung and the nodule's core (the ball of 1.5 mm at the seed;
+    // the box holds it, being at least `max_radius_mm` each way where the volume goes on).
+    let core: Vec<f32> = ball(1.5).into_iter().filter_map(|o| shifted(local_seed, o)).map(|i| crop_hu[i]).collect();
+    let core_hu = (core.iter().map(|&v| f64::from(v)).sum::<f64>() / core.len().max(1) as f64) as f32;
     let level =
         ((core_hu + params.lung_hu) / 2.0).clamp(params.threshold_hu, params.max_level_hu.max(params.threshold_hu));
-    let mut above = vec![false; d[0] * d[1] * d[2]];
-    for z in 0..d[2] {
-        for y in 0..d[1] {
-            for x in 0..d[0] {
-                above[at(x, y, z)] = volume.hu(volume.index(lo[0] + x, lo[1] + y, lo[2] + z)) >= level;
-            }
-        }
-    }
+    let above: Vec<bool> = crop_hu.iter().map(|&v| v >= level).collect();
     // The box's edge counts only where the volume goes on beyond it.
     let on_edge =
         |v: [usize; 3]| (0..3).any(|a| (v[a] == 0 && lo[a] > 0) || (v[a] == d[a] - 1 && hi[a] < volume.dims[a] - 1));
-    let local_seed = [seed[0] - lo[0], seed[1] - lo[1], seed[2] - lo[2]];
     let component = |mask: &[bool], start: [usize; 3]| -> Vec<bool> {
         let mut out = vec![false; mask.len()];
         if !mask[at(start[0], start[1], start[2])] {
@@ -954,26 +958,6 @@ fn segment(volume: &HuVolume<'_>, seed: [usize; 3], params: &MeasureParams) -> S
     };
     let reaches = |mask: &[bool]| {
         (0..d[2]).any(|z| (0..d[1]).any(|y| (0..d[0]).any(|x| mask[at(x, y, z)] && on_edge([x, y, z]))))
-    };
-    // Offsets of a ball of radius r mm on this grid.
-    let ball = |r: f64| -> Vec<[i64; 3]> {
-        let n: [i64; 3] = std::array::from_fn(|a| (r / sp[a]).floor() as i64);
-        let mut out = Vec::new();
-        for z in -n[2]..=n[2] {
-            for y in -n[1]..=n[1] {
-                for x in -n[0]..=n[0] {
-                    let d2 = (x as f64 * sp[0]).powi(2) + (y as f64 * sp[1]).powi(2) + (z as f64 * sp[2]).powi(2);
-                    if d2 <= r * r + 1e-9 {
-                        out.push([x, y, z]);
-                    }
-                }
-            }
-        }
-        out
-    };
-    let shifted = |v: [usize; 3], o: [i64; 3]| -> Option<usize> {
-        let q = [v[0] as i64 + o[0], v[1] as i64 + o[1], v[2] as i64 + o[2]];
-        ((0..3).all(|a| q[a] >= 0 && q[a] < d[a] as i64)).then(|| at(q[0] as usize, q[1] as usize, q[2] as usize))
     };
     let voxels = |mask: &[bool]| -> Vec<[usize; 3]> {
         let mut out = Vec::new();

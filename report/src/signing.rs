@@ -277,7 +277,7 @@ impl KeyStore {
     /// Writes the trust root; refuses to replace one.
     pub(crate) fn create_trust_root(&self, root: &TrustRoot) -> Result<()> {
         let text = serde_json::to_string_pretty(root)?;
-        self.write_new(&self.dir.join(Self::ROOT_FILE), text.as_bytes())
+        write_private_new(&self.dir.join(Self::ROOT_FILE), text.as_bytes())
     }
 
     fn key_file(&self, name: &str) -> Result<PathBuf> {
@@ -326,7 +326,7 @@ impl KeyStore {
         let text = serde_json::to_string_pretty(&sealed)?;
         let tmp = path.with_extension("key.tmp");
         let _ = std::fs::remove_file(&tmp);
-        self.write_new(&tmp, text.as_bytes())?;
+        write_private_new(&tmp, text.as_bytes())?;
         std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
     }
 
@@ -369,16 +369,18 @@ impl KeyStore {
         }
         Ok(key)
     }
+}
 
-    fn write_new(&self, path: &Path, bytes: &[u8]) -> Result<()> {
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(path).map_err(|e| Error::io(path, e))?;
-        std::io::Write::write_all(&mut file, bytes).map_err(|e| Error::io(path, e))?;
-        file.sync_all().map_err(|e| Error::io(path, e))
-    }
+/// Writes `bytes` to a new file (never over an existing one) readable by its owner only (0600),
+/// synced: the key files of this crate (signing keys, trust root, audit anchor key).
+pub(crate) fn write_private_new(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).map_err(|e| Error::io(path, e))?;
+    std::io::Write::write_all(&mut file, bytes).map_err(|e| Error::io(path, e))?;
+    file.sync_all().map_err(|e| Error::io(path, e))
 }
 
 /// The 256-bit sealing key of a passphrase (Argon2id).

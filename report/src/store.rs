@@ -425,13 +425,7 @@ impl AuditAnchor {
             let mut key = [0u8; 32];
             getrandom::fill(&mut key)
                 .map_err(|e| Error::Invalid { what: format!("no random source for the audit key: {e}") })?;
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let mut file = options.open(&key_file).map_err(|e| Error::io(&key_file, e))?;
-            std::io::Write::write_all(&mut file, &key).map_err(|e| Error::io(&key_file, e))?;
-            file.sync_all().map_err(|e| Error::io(&key_file, e))?;
+            signing::write_private_new(&key_file, &key)?;
         }
         let key = std::fs::read(&key_file).map_err(|e| Error::io(&key_file, e))?;
         let id = store_id(store_dir);
@@ -797,13 +791,11 @@ impl ReportStore {
 
     /// Why `record` cannot be trusted: its endorsements do not lead back to the trust root
     /// through administrators' keys. None when it can.
-    fn untrusted(&self, record: &KeyRecord) -> Result<Option<String>> {
-        let root = self.key_store()?.trust_root()?.ok_or_else(|| Error::Forbidden {
-            what: "no administrator yet: create the first one (lucent report init-admin)".into(),
-        })?;
+    fn untrusted(&self, record: &KeyRecord, root: &TrustRoot) -> Result<Option<String>> {
         let mut current = record.clone();
         // Each step goes to an endorser; a chain longer than the records is a loop.
-        for _ in 0..=self.key_records()?.len() {
+        let records: i64 = self.conn.query_row("SELECT COUNT(*) FROM user_keys", [], |r| r.get(0))?;
+        for _ in 0..=records.max(0) {
             if !signing::record_key_matches(&current) {
                 return Ok(Some(format!("key {} does not match its fingerprint", current.fingerprint)));
             }
@@ -836,7 +828,10 @@ impl ReportStore {
                 what: format!("the key of {:?} is not their current one", credential.name()),
             });
         }
-        if let Some(why) = self.untrusted(credential.record())? {
+        let root = self.key_store()?.trust_root()?.ok_or_else(|| Error::Forbidden {
+            what: "no administrator yet: create the first one (lucent report init-admin)".into(),
+        })?;
+        if let Some(why) = self.untrusted(credential.record(), &root)? {
             return Err(Error::Tampered { what: why });
         }
         Ok(())
@@ -1036,13 +1031,13 @@ impl ReportStore {
             let before_keys = root.is_none_or(|root| row.signed_at < root.created_at);
             return Ok((!before_keys).then(|| "it carries no signature".to_owned()));
         };
-        if root.is_none() {
+        let Some(root) = root else {
             return Ok(Some("it is signed but the trust root is missing".to_owned()));
-        }
+        };
         let Some(record) = self.key_records_where("fingerprint = ?1", signer_key)?.into_iter().next() else {
             return Ok(Some("its signer's key is unknown".to_owned()));
         };
-        if let Some(why) = self.untrusted(&record)? {
+        if let Some(why) = self.untrusted(&record, root)? {
             return Ok(Some(format!("its signer's key is not trusted: {why}")));
         }
         if record.name != row.signed_by || record.role != Role::Reader {
