@@ -93,12 +93,36 @@ pub struct PassResult {
     pub nodules: Vec<NoduleResult>,
 }
 
+/// The most an `.npy.xz` shard may inflate to (the real ones are about 26 MB).
+const MAX_SHARD_BYTES: usize = 1 << 30;
+
+/// A `Vec` writer that refuses to grow past `cap` bytes (an xz bomb stops there).
+struct CappedVec {
+    bytes: Vec<u8>,
+    cap: usize,
+}
+
+impl std::io::Write for CappedVec {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len().saturating_add(buf.len()) > self.cap {
+            return Err(std::io::Error::other(format!("inflates past {} bytes", self.cap)));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// An int16 or uint8 array of shape [N, 40, 40, 40] from an `.npy.xz` file.
 fn read_npy_xz(path: &Path) -> Result<(Vec<usize>, Vec<i16>)> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut raw = Vec::new();
-    lzma_rs::xz_decompress(&mut std::io::BufReader::new(file), &mut raw)
-        .map_err(|e| anyhow::anyhow!("{}: not an xz file: {e:?}", path.display()))?;
+    let mut out = CappedVec { bytes: Vec::new(), cap: MAX_SHARD_BYTES };
+    lzma_rs::xz_decompress(&mut std::io::BufReader::new(file), &mut out)
+        .map_err(|e| anyhow::anyhow!("{}: not a readable xz file: {e:?}", path.display()))?;
+    let raw = out.bytes;
     anyhow::ensure!(raw.starts_with(b"\x93NUMPY") && raw.len() > 10, "{}: not a .npy array", path.display());
     let (header_len, start) = match raw[6] {
         1 => (usize::from(u16::from_le_bytes([raw[8], raw[9]])), 10),
@@ -119,9 +143,12 @@ fn read_npy_xz(path: &Path) -> Result<(Vec<usize>, Vec<i16>)> {
         .map(|s| s.trim().parse::<usize>())
         .collect::<Result<_, _>>()?;
     let body = &raw[start + header_len..];
-    let n: usize = shape.iter().product();
+    let n = shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .with_context(|| format!("{}: shape {shape:?} overflows", path.display()))?;
     let values: Vec<i16> = if header.contains("'<i2'") {
-        anyhow::ensure!(body.len() >= 2 * n, "{}: short data", path.display());
+        anyhow::ensure!(n.checked_mul(2).is_some_and(|bytes| body.len() >= bytes), "{}: short data", path.display());
         body.chunks_exact(2).take(n).map(|b| i16::from_le_bytes([b[0], b[1]])).collect()
     } else if header.contains("'|u1'") || header.contains("'|b1'") {
         anyhow::ensure!(body.len() >= n, "{}: short data", path.display());
@@ -264,6 +291,10 @@ pub fn run(args: &MeasureEvalArgs) -> Result<Vec<PassResult>> {
         }
         let Some((_, ct_all, mask_all)) = &shard_cache else { continue };
         let n = 40 * 40 * 40;
+        anyhow::ensure!(
+            (in_shard + 1).saturating_mul(n) <= ct_all.len(),
+            "nodules.csv row {index}: shard {shard} holds no patch {in_shard}"
+        );
         let (hu, mask): (Vec<f32>, Vec<f32>) = (
             ct_all[in_shard * n..(in_shard + 1) * n].iter().map(|&v| f32::from(v)).collect(),
             mask_all[in_shard * n..(in_shard + 1) * n].iter().map(|&v| f32::from(v)).collect(),
@@ -356,4 +387,49 @@ pub fn run(args: &MeasureEvalArgs) -> Result<Vec<PassResult>> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn xz(bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        lzma_rs::xz_compress(&mut std::io::Cursor::new(bytes), &mut out).unwrap();
+        out
+    }
+
+    fn npy(header: &str, body: &[u8]) -> Vec<u8> {
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend_from_slice(&u16::try_from(header.len()).unwrap().to_le_bytes());
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// Hostile shards: a shape whose product overflows, a body shorter than its shape, a file
+    /// that is not xz; each is a clear error, never a panic or a huge allocation.
+    #[test]
+    fn hostile_npy_xz_files_are_refused_with_a_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.npy.xz");
+        let cases: [(&[u8], &str); 3] = [
+            (
+                &xz(&npy("{'descr': '<i2', 'fortran_order': False, 'shape': (4294967296, 4294967296, 2), }", &[0; 8])),
+                "overflows",
+            ),
+            (&xz(&npy("{'descr': '<i2', 'fortran_order': False, 'shape': (1, 40, 40, 40), }", &[0; 8])), "short data"),
+            (b"not xz at all", "xz"),
+        ];
+        for (bytes, why) in cases {
+            std::fs::write(&path, bytes).unwrap();
+            let err = read_npy_xz(&path).unwrap_err().to_string();
+            assert!(err.contains(why), "{err}");
+        }
+        std::fs::write(&path, xz(&npy("{'descr': '<i2', 'fortran_order': False, 'shape': (2,), }", &[1, 0, 2, 0])))
+            .unwrap();
+        assert_eq!(read_npy_xz(&path).unwrap(), (vec![2], vec![1, 2]));
+    }
 }
