@@ -83,6 +83,11 @@ struct RealRadiograph {
     date: &'static str,
 }
 
+/// The patients the workstation's `--demo` opens first: the real effusion radiograph (its AI
+/// contour is what a demo shows) and the real ACRIN CT.
+pub const DEMO_OPENS_RADIOGRAPH: &str = "REAL-102";
+pub const DEMO_OPENS_CT: &str = "ACRIN-NSCLC-FDG-PET-042";
+
 const REAL_RADIOGRAPHS: [RealRadiograph; 5] = [
     RealRadiograph {
         image: "00007684_000",

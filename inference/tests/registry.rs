@@ -188,7 +188,6 @@ fn the_cxr_manifest_hides_exactly_the_labels_its_real_data_auroc_cannot_back() {
         let expected = auroc.is_none_or(|a| a >= 0.70);
         assert_eq!(label.shown_by_default, expected, "{}: real AUROC {auroc:?}", label.name);
     }
-    assert!(manifest.labels.iter().any(|l| !l.shown_by_default), "the synthetic-trained model hides something");
     // A manifest without the flag shows its labels.
     let toy = inference::ModelManifest::load(&common::test_models_dir().join("cxr_toy.toml")).unwrap();
     assert!(toy.labels.iter().all(|l| l.shown_by_default));

@@ -522,9 +522,15 @@ impl LucentApp {
             return;
         }
         self.auto_open = false;
-        let ct = studies.iter().find(|s| s.modalities.contains("CT"));
-        let cr = studies.iter().find(|s| {
-            s.modalities.contains("CR") && s.description.contains("CXR PA") && !s.description.contains("prior")
+        // Real anatomy first: the real CT and the real effusion radiograph when the demo has them.
+        let ct = studies
+            .iter()
+            .find(|s| s.patient_id == crate::demo::DEMO_OPENS_CT)
+            .or_else(|| studies.iter().find(|s| s.modalities.contains("CT")));
+        let cr = studies.iter().find(|s| s.patient_id == crate::demo::DEMO_OPENS_RADIOGRAPH).or_else(|| {
+            studies.iter().find(|s| {
+                s.modalities.contains("CR") && s.description.contains("CXR PA") && !s.description.contains("prior")
+            })
         });
         for (viewport, study) in [(0, ct), (1, cr)] {
             if let Some(study) = study {
