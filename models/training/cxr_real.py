@@ -482,8 +482,6 @@ def tone_invariance(model, split, idx):
 def step_cv(args):
     """Out-of-fold scores over train + dev (folds by patient), and the map peak on each NIH box of a
     held-out image (pointing game)."""
-    import torch
-
     t0 = time.time()
     tr, dv = load_split("train"), load_split("dev")
     bank = dict(np.load(WORK / "nodule_bank.npz")) if (WORK / "nodule_bank.npz").exists() else None
@@ -508,7 +506,6 @@ def step_cv(args):
             if i in where:
                 peaks.append(box_hit(maps[where[i]], finding, bx, by, bw, bh) | {"image": rows[i]["image"]})
         del model
-        torch.cuda.empty_cache() if torch.cuda.is_available() else None
     with open(MODEL_DIR / "oof_scores.csv", "w", newline="") as f:
         wr = csv.writer(f)
         wr.writerow(["image", "patient", "split", "fold", *[k for k, _ in TARGETS]])
@@ -1236,7 +1233,7 @@ def configure(quick):
 def run(steps, quick=False, threads=2, epochs=None, onnx=None):
     configure(quick)
     args = argparse.Namespace(epochs=epochs or (1 if quick else EPOCHS), threads=threads, log_every=None,
-                              folds_to_run=None, onnx=onnx or str(MODEL_DIR / cxr.ONNX_NAME))
+                              onnx=onnx or str(MODEL_DIR / cxr.ONNX_NAME))
     table = {"prepare": step_prepare, "holdout": step_holdout, "cv": step_cv, "train": step_train,
              "export": step_export, "evaluate": step_evaluate, "card": step_card,
              "synthetic-from-onnx": step_synthetic_from_onnx}
