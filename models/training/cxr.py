@@ -44,7 +44,6 @@ from common import ROOT, auroc, lucent_bin, record_time  # noqa: E402
 WORK = ROOT / "target" / "lucent-data" / "cxr-training"
 MODEL_DIR = ROOT / "models" / "lucent-cxr"
 MODEL_ID = "lucent-cxr"
-VERSION = "0.1.0"
 ONNX_NAME = "lucent-cxr.onnx"
 
 INPUT = 256  # model input, pixels
@@ -69,7 +68,6 @@ LABELS = [
     {"key": "abnormal", "name": "Abnormal"},
 ]
 MAP_THRESHOLD = 0.5
-MIN_SPECIFICITY = 0.95  # operating points: best Youden J on validation with at least this specificity
 # Real data: which NIH ChestX-ray14 labels stand for each of ours (Infiltration is only the closest).
 NIH_TARGETS = [
     ("nodule", "Nodule", ["Nodule"]),
@@ -490,14 +488,6 @@ activation = "sigmoid"
 ''' + "\n".join(labels)
     (MODEL_DIR / f"{MODEL_ID}.toml").write_text(text)
     return sha, len(data)
-
-
-# ---------------------------------------------------------------------------------------------
-# card
-
-
-def fmt_ci(ci):
-    return "" if not ci else f" ({ci[0]:.2f}-{ci[1]:.2f})"
 
 
 def main():

@@ -149,7 +149,6 @@ def nodule_bank():
 
 def step_prepare(args):
     t0 = time.time()
-    out = {}
     for split, folder in (("train", "cxr-nih-train"), ("dev", "cxr-nih-dev")):
         d = real_data(folder, "labels.csv")
         if d is None:
@@ -159,24 +158,20 @@ def step_prepare(args):
             rows = rows[::16] if split == "train" else rows[::4]
         log(f"{split}: preprocessing {len(rows)} real radiographs as the manifest declares")
         images = np.zeros((len(rows), cxr.INPUT, cxr.INPUT), np.float16)
+        width = {}  # source pixels across, which NIH boxes are given in
         for i, r in enumerate(rows):
             stored, bits = cxr.read_png(d / r["image"])
             images[i] = cxr.lucent_preprocess(stored, bits or 8)
-        boxes = []
+            width[r["image"]] = stored.shape[1]
+        row_of = {r["image"]: i for i, r in enumerate(rows)}
         with open(d / "boxes.csv") as f:
-            for b in csv.DictReader(f):
-                boxes.append(b)
-        side = 512 if split == "train" else 1024
+            boxes = [b for b in csv.DictReader(f) if b["image"] in row_of]
         box_rows = []
-        names = [r["image"] for r in rows]
         for b in boxes:
-            if b["image"] not in names:
-                continue
-            s = cxr.MAP / side
-            box_rows.append((names.index(b["image"]), b["finding"], float(b["x"]) * s, float(b["y"]) * s,
+            s = cxr.MAP / width[b["image"]]
+            box_rows.append((row_of[b["image"]], b["finding"], float(b["x"]) * s, float(b["y"]) * s,
                              float(b["w"]) * s, float(b["h"]) * s))
-        out[split] = {"rows": rows, "images": images, "labels": labels_of(rows), "boxes": box_rows}
-        np.savez(WORK / f"real_{split}.npz", images=images, labels=out[split]["labels"])
+        np.savez(WORK / f"real_{split}.npz", images=images, labels=labels_of(rows))
         (WORK / f"real_{split}.json").write_text(json.dumps({"rows": rows, "boxes": box_rows}))
     bank = nodule_bank()
     if bank is None:
@@ -185,6 +180,12 @@ def step_prepare(args):
         np.savez(WORK / "nodule_bank.npz", **bank)
         log(f"nodule bank: {len(bank['held'])} LIDC nodules, {int(bank['held'].sum())} from held-out scans")
     record_time(WORK, "real_prepare", time.time() - t0)
+
+
+def load_bank():
+    """The nodule bank `prepare` wrote, or None when the LIDC patches were not there."""
+    path = WORK / "nodule_bank.npz"
+    return dict(np.load(path)) if path.exists() else None
 
 
 def load_split(split):
@@ -321,6 +322,14 @@ def match_detail(v, target):
     return (base + gain * d).astype(np.float32)
 
 
+def nuisance_stats(images):
+    """What tone and detail matching need of every image (see TONE_MATCH, DETAIL_MATCH): computed
+    once per image set, shared by the fits of a cross-validation."""
+    tones = tone_quantiles(images) if TONE_MATCH else None
+    details = detail_levels(images) if TONE_MATCH and DETAIL_MATCH else None
+    return tones, details
+
+
 def batch_loss(model, x, y, t, seg_known, w):
     import torch
     import torch.nn.functional as F
@@ -370,8 +379,9 @@ def make_batch(images, labels, idx, bank, train_nodules, rng, tones=None, pool=N
     return x, y, t, known
 
 
-def fit(train_idx, images, labels, rows, bank, epochs, threads, log_every=None, eval_sets=()):
-    """Trains a fresh model (from the synthetic pretraining when it exists) on `train_idx`."""
+def fit(train_idx, images, labels, rows, bank, epochs, threads, log_every=None, eval_sets=(), nuisance=None):
+    """Trains a fresh model (from the synthetic pretraining when it exists) on `train_idx`;
+    `nuisance`: `nuisance_stats(images)` when the caller already has it."""
     import torch
 
     torch.set_num_threads(threads)
@@ -384,8 +394,7 @@ def fit(train_idx, images, labels, rows, bank, epochs, threads, log_every=None, 
         model.load_state_dict(torch.load(pre, weights_only=True))
     train_nodules = np.flatnonzero(~bank["held"]) if bank is not None else None
     w_all = view_weights(rows, labels[:, 5])
-    tones = tone_quantiles(images) if TONE_MATCH else None
-    details = detail_levels(images) if TONE_MATCH and DETAIL_MATCH else None
+    tones, details = nuisance if nuisance is not None else nuisance_stats(images)
     n = len(train_idx)
     steps = epochs * (n // BATCH)
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=1e-3)
@@ -446,7 +455,7 @@ def patient_folds(rows, k, seed):
 def step_holdout(args):
     t0 = time.time()
     tr = load_split("train")
-    bank = dict(np.load(WORK / "nodule_bank.npz")) if (WORK / "nodule_bank.npz").exists() else None
+    bank = load_bank()
     folds = patient_folds(tr["rows"], 5, SEED + 100)
     fit_idx, hold_idx = np.flatnonzero(folds != 0), np.flatnonzero(folds == 0)
     hold = (tr["images"][hold_idx], tr["labels"][hold_idx])
@@ -484,19 +493,20 @@ def step_cv(args):
     held-out image (pointing game)."""
     t0 = time.time()
     tr, dv = load_split("train"), load_split("dev")
-    bank = dict(np.load(WORK / "nodule_bank.npz")) if (WORK / "nodule_bank.npz").exists() else None
+    bank = load_bank()
     rows = tr["rows"] + dv["rows"]
     images = np.concatenate([tr["images"], dv["images"]])
     labels = np.concatenate([tr["labels"], dv["labels"]])
     origin = ["train"] * len(tr["rows"]) + ["dev"] * len(dv["rows"])
     boxes = [tuple(b) for b in tr["boxes"]] + [(b[0] + len(tr["rows"]), *b[1:]) for b in dv["boxes"]]
     folds = patient_folds(rows, FOLDS, SEED)
+    nuisance = nuisance_stats(images)
     oof = np.zeros(labels.shape, np.float32)
     peaks, invariance = [], []
     for f in range(FOLDS):
         log(f"fold {f + 1}/{FOLDS}")
         fit_idx, out_idx = np.flatnonzero(folds != f), np.flatnonzero(folds == f)
-        model, _ = fit(fit_idx, images, labels, rows, bank, args.epochs, args.threads)
+        model, _ = fit(fit_idx, images, labels, rows, bank, args.epochs, args.threads, nuisance=nuisance)
         s, maps = predict(model, images[out_idx], maps=True)
         oof[out_idx] = s
         held_train = np.array([i for i in out_idx if origin[i] == "train"])
@@ -539,7 +549,7 @@ def step_train(args):
 
     t0 = time.time()
     tr = load_split("train")
-    bank = dict(np.load(WORK / "nodule_bank.npz")) if (WORK / "nodule_bank.npz").exists() else None
+    bank = load_bank()
     model, history = fit(np.arange(len(tr["rows"])), tr["images"], tr["labels"], tr["rows"], bank, args.epochs,
                          args.threads)
     torch.save(model.state_dict(), WORK / "lucent-cxr.pt")
@@ -786,7 +796,7 @@ def step_evaluate(args):
                  for i, f, bx, by, bw, bh in dv["boxes"]]
     metrics["nih_box_pointing_dev"] = dev_boxes
 
-    bank = dict(np.load(WORK / "nodule_bank.npz")) if (WORK / "nodule_bank.npz").exists() else None
+    bank = load_bank()
     if bank is not None:
         metrics["inserted_nodules_dev"] = inserted_nodule_check(sess, dv, bank, thresholds[0])
         log(f"inserted nodules in dev normals: {json.dumps(metrics['inserted_nodules_dev'])[:300]}")

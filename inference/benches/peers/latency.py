@@ -131,14 +131,8 @@ def cxr_preprocess(manifest, img, bits):
     x = (np.minimum(img, top) / top * maxval).astype(np.float32)
     # 3. torchxrayvision normalize(img, maxval).
     x = (2.0 * (x / np.float32(maxval)) - 1.0) * np.float32(1024.0)
-    # 4. XRayCenterCrop.
-    h, w = x.shape
-    side = min(h, w)
-    x0, y0 = w // 2 - side // 2, h // 2 - side // 2
-    x = x[y0 : y0 + side, x0 : x0 + side]
-    # 5. XRayResizer.
-    size = tuple(p["resize"]["size"])
-    return resize_224(x, size)[None, None]
+    # 4-5. XRayCenterCrop, XRayResizer.
+    return crop_resize(p, x)
 
 
 def cxr_preprocess_mean_std(p, img, bits):
@@ -146,6 +140,11 @@ def cxr_preprocess_mean_std(p, img, bits):
     top = float((1 << bits) - 1)
     x = (np.minimum(img, top) / top).astype(np.float32)
     x = (x - np.float32(p["normalization"]["mean"][0])) / np.float32(p["normalization"]["std"][0])
+    return crop_resize(p, x)
+
+
+def crop_resize(p, x):
+    """Centre square crop, then the manifest's resize; as a [1, 1, H, W] tensor."""
     h, w = x.shape
     side = min(h, w)
     x0, y0 = w // 2 - side // 2, h // 2 - side // 2
